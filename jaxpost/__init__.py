@@ -1,0 +1,1 @@
+"""jaxpost: post-training language models in JAX."""
