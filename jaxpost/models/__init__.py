@@ -1,0 +1,12 @@
+"""Decoder models (Llama 3 / Qwen2 / Qwen3), KV caches, presets and Hugging Face checkpoint I/O."""
+
+from jaxpost.models import presets
+from jaxpost.models.config import ModelConfig, RopeScaling, param_count
+from jaxpost.models.decoder import Decoder
+from jaxpost.models.hf_io import CheckpointError, config_from_hf, config_to_hf, from_pretrained, save_pretrained
+from jaxpost.models.kv_cache import DenseKVCache, KVCache
+
+__all__ = [
+    "CheckpointError", "Decoder", "DenseKVCache", "KVCache", "ModelConfig", "RopeScaling", "config_from_hf",
+    "config_to_hf", "from_pretrained", "param_count", "presets", "save_pretrained",
+]

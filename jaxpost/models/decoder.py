@@ -1,0 +1,149 @@
+"""The Llama 3 / Qwen2 / Qwen3 decoder in Flax NNX.
+
+Letters in names: B batch, T tokens, S cache slots, D model width, H query heads, K KV heads, F MLP hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxpost.models.attention import grouped_attention, segment_causal_mask
+from jaxpost.models.config import ModelConfig
+from jaxpost.models.kv_cache import KVCache
+from jaxpost.models.rope import apply_rope, inverse_frequencies
+
+_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in float32 and cast back before the scale, as Hugging Face does."""
+
+  def __init__(self, dim: int, *, eps: float, param_dtype):
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *, bias: bool = False) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                    kernel_init=_INIT, rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE, optional q/k/v bias (Qwen2) and q/k RMSNorm (Qwen3)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    h, k, dh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+    self.q_proj = _linear(cfg, d, h * dh, rngs, bias=cfg.qkv_bias)
+    self.k_proj = _linear(cfg, d, k * dh, rngs, bias=cfg.qkv_bias)
+    self.v_proj = _linear(cfg, d, k * dh, rngs, bias=cfg.qkv_bias)
+    self.o_proj = _linear(cfg, h * dh, d, rngs)
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(dh, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
+      self.k_norm = RMSNorm(dh, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
+
+  def project(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Queries [B,T,H,Dh], keys and values [B,T,K,Dh], normed and rotated."""
+    b, t, _ = x_BxTxD.shape
+    cfg = self.cfg
+    q = self.q_proj(x_BxTxD).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = self.k_proj(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = self.v_proj(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    return apply_rope(q, positions_BxT, inv_freq), apply_rope(k, positions_BxT, inv_freq), v
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxT, *, layer: int = 0, cache: KVCache | None = None):
+    q, k, v = self.project(x_BxTxD, positions_BxT)
+    if cache is None:
+      out = grouped_attention(q, k, v, mask_BxTxT)
+    else:
+      out, cache = cache.attend(layer, q, k, v)
+    b, t = out.shape[:2]
+    return self.o_proj(out.reshape(b, t, -1)), cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.gate_proj = _linear(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
+    self.up_proj = _linear(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
+    self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: attention then MLP."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    norm = lambda: RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
+    self.attn_norm = norm()
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = norm()
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, mask, *, layer: int = 0, cache: KVCache | None = None):
+    attn_out, cache = self.attn(self.attn_norm(x), positions, mask, layer=layer, cache=cache)
+    x = x + attn_out
+    return x + self.mlp(self.mlp_norm(x)), cache
+
+
+class Decoder(nnx.Module):
+  """Token embedding, a stack of blocks, final norm and the (possibly tied) output projection."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
+                           param_dtype=cfg.weight_dtype, embedding_init=_INIT, rngs=rngs)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
+    if not cfg.tie_embeddings:
+      self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, rngs)
+
+  def __call__(self, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None, cache: KVCache | None = None):
+    """Logits [B, T, V]; with a cache, `(logits, cache)` after appending these tokens to it.
+
+    `segment_ids` (0 = padding) keep packed examples apart; with a cache they only mark which tokens are real.
+    """
+    hidden, cache = self.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids, cache=cache)
+    logits = self.unembed(hidden)
+    return logits if cache is None else (logits, cache)
+
+  def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None):
+    """Final-normed hidden states [B, T, D] (and the updated cache, or None)."""
+    b, t = tokens_BxT.shape
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask = None
+    if cache is None:
+      mask = segment_causal_mask(segment_ids)
+    else:
+      cache = cache.begin_step(segment_ids != 0)
+    x = self.embed(tokens_BxT)
+    for i, block in enumerate(self.layers):
+      x, cache = block(x, positions, mask, layer=i, cache=cache)
+    if cache is not None:
+      cache = cache.end_step()
+    return self.final_norm(x), cache
+
+  def unembed(self, hidden_BxTxD: jax.Array) -> jax.Array:
+    """Logits [B, T, V] in float32."""
+    if self.cfg.tie_embeddings:
+      logits = self.embed.attend(hidden_BxTxD)
+    else:
+      logits = self.lm_head(hidden_BxTxD)
+    return logits.astype(jnp.float32)

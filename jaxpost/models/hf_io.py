@@ -1,0 +1,259 @@
+"""Hugging Face checkpoints (config.json + safetensors) in and out of the NNX decoder."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from jaxpost.models.config import MODEL_TYPES, ModelConfig, RopeScaling
+from jaxpost.models.decoder import Decoder
+
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
+_INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint on disk does not match what the decoder expects."""
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def config_from_hf(hf: dict, *, source: str = "config.json", dtype: str = "float32",
+                   param_dtype: str | None = None) -> ModelConfig:
+  """Our config from a Hugging Face config dict (legacy `rope_theta` or transformers-5 `rope_parameters`)."""
+  model_type = hf.get("model_type")
+  if model_type not in MODEL_TYPES:
+    raise CheckpointError(f"{source}: model_type {model_type!r} is not supported (supported: {MODEL_TYPES})")
+  for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+    if key not in hf:
+      raise CheckpointError(f"{source}: missing key {key!r}")
+  if hf.get("hidden_act", "silu") != "silu":
+    raise CheckpointError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
+  if hf.get("mlp_bias") or hf.get("use_sliding_window"):
+    raise CheckpointError(f"{source}: mlp_bias / use_sliding_window are not supported")
+  rope = dict(hf.get("rope_parameters") or {})
+  legacy_scaling = hf.get("rope_scaling") or {}
+  rope.update({k: v for k, v in legacy_scaling.items() if k not in rope})
+  theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type not in ("default", "llama3"):
+    raise CheckpointError(f"{source}: rope_type {rope_type!r} is not supported (only 'default' and 'llama3')")
+  scaling = None
+  if rope_type == "llama3":
+    scaling = RopeScaling(factor=rope["factor"], low_freq_factor=rope["low_freq_factor"],
+                          high_freq_factor=rope["high_freq_factor"],
+                          original_max_position_embeddings=rope["original_max_position_embeddings"])
+  heads = hf["num_attention_heads"]
+  eos = hf.get("eos_token_id")
+  return ModelConfig(
+      model_type=model_type,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=heads,
+      num_kv_heads=hf.get("num_key_value_heads") or heads,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+      intermediate_size=hf["intermediate_size"],
+      rope_theta=float(theta),
+      rope_scaling=scaling,
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
+      qk_norm=model_type == "qwen3",
+      max_position_embeddings=hf.get("max_position_embeddings", 32768),
+      bos_token_id=hf.get("bos_token_id"),
+      eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+      dtype=dtype,
+      param_dtype=param_dtype or dtype,
+  )
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+  """A config.json dict that `transformers` (4.x legacy keys and 5.x `rope_parameters`) loads."""
+  rope = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+  if cfg.rope_scaling is not None:
+    s = cfg.rope_scaling
+    rope.update(rope_type="llama3", factor=s.factor, low_freq_factor=s.low_freq_factor,
+                high_freq_factor=s.high_freq_factor,
+                original_max_position_embeddings=s.original_max_position_embeddings)
+  arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[cfg.model_type]
+  hf = {
+      "architectures": [arch],
+      "model_type": cfg.model_type,
+      "vocab_size": cfg.vocab_size,
+      "hidden_size": cfg.hidden_size,
+      "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads,
+      "num_key_value_heads": cfg.num_kv_heads,
+      "head_dim": cfg.head_dim,
+      "intermediate_size": cfg.intermediate_size,
+      "hidden_act": "silu",
+      "rms_norm_eps": cfg.rms_norm_eps,
+      "tie_word_embeddings": cfg.tie_embeddings,
+      "max_position_embeddings": cfg.max_position_embeddings,
+      "rope_theta": cfg.rope_theta,
+      "rope_parameters": rope,
+      "bos_token_id": cfg.bos_token_id,
+      "eos_token_id": list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id,
+      "torch_dtype": cfg.param_dtype,
+  }
+  if cfg.rope_scaling is not None:
+    hf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+  if cfg.model_type == "qwen2":
+    hf["use_sliding_window"] = False
+  else:
+    hf["attention_bias"] = cfg.qkv_bias
+  return hf
+
+
+# ----------------------------------------------------------------------------------------------- tensor names
+
+
+def tensor_map(cfg: ModelConfig) -> dict[str, tuple[tuple, bool]]:
+  """HF tensor name -> (our param path, whether the matrix is transposed between the two)."""
+  names: dict[str, tuple[tuple, bool]] = {"model.embed_tokens.weight": (("embed", "embedding"), False),
+                                          "model.norm.weight": (("final_norm", "scale"), False)}
+  if not cfg.tie_embeddings:
+    names["lm_head.weight"] = (("lm_head", "kernel"), True)
+  for i in range(cfg.num_layers):
+    hf, ours = f"model.layers.{i}.", ("layers", i)
+    names[hf + "input_layernorm.weight"] = (ours + ("attn_norm", "scale"), False)
+    names[hf + "post_attention_layernorm.weight"] = (ours + ("mlp_norm", "scale"), False)
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+      names[hf + f"self_attn.{proj}.weight"] = (ours + ("attn", proj, "kernel"), True)
+    if cfg.qkv_bias:
+      for proj in ("q_proj", "k_proj", "v_proj"):
+        names[hf + f"self_attn.{proj}.bias"] = (ours + ("attn", proj, "bias"), False)
+    if cfg.qk_norm:
+      for norm in ("q_norm", "k_norm"):
+        names[hf + f"self_attn.{norm}.weight"] = (ours + ("attn", norm, "scale"), False)
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      names[hf + f"mlp.{proj}.weight"] = (ours + ("mlp", proj, "kernel"), True)
+  return names
+
+
+def _checkpoint_files(directory: str) -> list[str]:
+  index_path = os.path.join(directory, _INDEX_FILE)
+  if os.path.exists(index_path):
+    with open(index_path) as f:
+      weight_map = json.load(f).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise CheckpointError(f"{index_path}: no 'weight_map' dict")
+    return sorted(set(weight_map.values()))
+  single = os.path.join(directory, "model.safetensors")
+  if os.path.exists(single):
+    return ["model.safetensors"]
+  raise CheckpointError(f"{directory}: no model.safetensors or {_INDEX_FILE}")
+
+
+def _read_tensors(directory: str) -> Iterator[tuple[str, str, np.ndarray]]:
+  """(file name, tensor name, array) for every tensor of the checkpoint, one file open at a time."""
+  for file_name in _checkpoint_files(directory):
+    path = os.path.join(directory, file_name)
+    if not os.path.exists(path):
+      raise CheckpointError(f"{directory}/{_INDEX_FILE} names {file_name}, which does not exist")
+    with safe_open(path, framework="flax") as f:
+      for name in f.keys():
+        yield file_name, name, f.get_tensor(name)
+
+
+# ----------------------------------------------------------------------------------------------- load / save
+
+
+def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str | None = None) -> Decoder:
+  """Reads `config.json` and safetensors (single or sharded) into a `Decoder`.
+
+  A missing, unexpected or mis-shaped tensor is a `CheckpointError` naming the tensor and both shapes.
+  """
+  config_path = os.path.join(directory, "config.json")
+  if not os.path.exists(config_path):
+    raise CheckpointError(f"{directory}: no config.json")
+  with open(config_path) as f:
+    cfg = config_from_hf(json.load(f), source=config_path, dtype=dtype, param_dtype=param_dtype)
+  abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  expected = {path: var for path, var in nnx.to_flat_state(state)}
+  names = tensor_map(cfg)
+  loaded: dict[tuple, jax.Array] = {}
+  for file_name, name, tensor in _read_tensors(directory):
+    if name.endswith(_IGNORED_SUFFIXES) or (cfg.tie_embeddings and name == "lm_head.weight"):
+      continue
+    if name not in names:
+      raise CheckpointError(f"{directory}/{file_name}: unexpected tensor {name!r} for model_type {cfg.model_type}")
+    path, transpose = names[name]
+    want = expected[path].shape
+    got = tuple(tensor.shape[::-1] if transpose else tensor.shape)
+    if got != tuple(want):
+      hf_want = tuple(want[::-1]) if transpose else tuple(want)
+      raise CheckpointError(f"{directory}/{file_name}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                            f"config.json implies {hf_want}")
+    loaded[path] = (tensor.T if transpose else tensor).astype(cfg.weight_dtype)
+  for name, (path, transpose) in names.items():
+    if path not in loaded:
+      shape = expected[path].shape
+      raise CheckpointError(f"{directory}: missing tensor {name!r} (expected shape "
+                            f"{tuple(shape[::-1]) if transpose else tuple(shape)})")
+  for path, var in expected.items():
+    var.set_value(loaded[path])
+  return nnx.merge(graphdef, state)
+
+
+def save_pretrained(model: Decoder, directory: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
+  """Writes `config.json` and safetensors (sharded with an index above `max_shard_bytes`)."""
+  os.makedirs(directory, exist_ok=True)
+  cfg = model.cfg
+  flat = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  tensors = {}
+  for name, (path, transpose) in tensor_map(cfg).items():
+    array = np.asarray(jax.device_get(flat[path]))
+    tensors[name] = np.ascontiguousarray(array.T if transpose else array)
+  shards = _split_into_shards(tensors, max_shard_bytes)
+  if len(shards) == 1:
+    _atomic_save(shards[0], os.path.join(directory, "model.safetensors"))
+  else:
+    weight_map = {}
+    for i, shard in enumerate(shards):
+      file_name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      _atomic_save(shard, os.path.join(directory, file_name))
+      weight_map.update({name: file_name for name in shard})
+    total = sum(t.nbytes for t in tensors.values())
+    _atomic_write_text(os.path.join(directory, _INDEX_FILE),
+                       json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+  _atomic_write_text(os.path.join(directory, "config.json"), json.dumps(config_to_hf(cfg), indent=2))
+
+
+def _split_into_shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
+  shards, current, size = [], {}, 0
+  for name, array in tensors.items():
+    if current and size + array.nbytes > max_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    current[name] = array
+    size += array.nbytes
+  shards.append(current)
+  return shards
+
+
+def _atomic_save(tensors: dict[str, np.ndarray], path: str) -> None:
+  """Writes beside the target then renames, so an existing checkpoint is never left half-overwritten."""
+  if any(a.dtype == jnp.bfloat16 for a in tensors.values()):
+    from safetensors.flax import save_file as save_jax  # numpy has no bfloat16 in safetensors' numpy path
+    save_jax({k: jnp.asarray(v) for k, v in tensors.items()}, path + ".tmp", metadata={"format": "pt"})
+  else:
+    save_file(tensors, path + ".tmp", metadata={"format": "pt"})
+  os.replace(path + ".tmp", path)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+  with open(path + ".tmp", "w") as f:
+    f.write(text + "\n")
+  os.replace(path + ".tmp", path)

@@ -1,0 +1,88 @@
+"""KV caches: the interface the decoder calls, and the dense static-shape cache.
+
+A cache owns both the storage and the attention read, so compressed caches (DMS, eviction baselines, page
+selection) plug into the decoder and the sampler without either changing. One model step calls
+`begin_step` once, `attend` once per layer, then `end_step`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxpost.models.attention import grouped_attention
+from jaxpost.models.config import ModelConfig
+
+
+class KVCache(Protocol):
+  """What the decoder needs from a cache."""
+
+  def begin_step(self, valid_BxT: jax.Array) -> "KVCache":
+    """Registers T new tokens (valid marks real ones, False for padding)."""
+
+  def attend(self, layer: int, q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,
+             evict_logits_BxTxK: jax.Array | None = None) -> tuple[jax.Array, "KVCache"]:
+    """Stores the new keys/values of `layer` and returns the attention output of the new queries."""
+
+  def end_step(self) -> "KVCache":
+    """Moves past the tokens registered by `begin_step`."""
+
+
+@flax.struct.dataclass
+class DenseKVCache:
+  """Every token keeps a slot: column s of the cache holds the s-th token fed to the model.
+
+  Prompts may be left-padded; padding columns are never attended to. Capacity must cover prompt plus
+  generated tokens (writes past the end would be clamped by XLA, so `begin_step` callers size it right).
+  """
+
+  keys: tuple[jax.Array, ...]  # per layer [B, S, K, D]
+  values: tuple[jax.Array, ...]
+  valid_BxS: jax.Array
+  end: jax.Array  # int32 scalar: columns written so far
+  step_len: int = flax.struct.field(pytree_node=False, default=0)
+
+  @classmethod
+  def create(cls, cfg: ModelConfig, batch_size: int, capacity: int, dtype=None) -> "DenseKVCache":
+    shape = (batch_size, capacity, cfg.num_kv_heads, cfg.head_dim)
+    dtype = dtype or cfg.compute_dtype
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return cls(keys=zeros, values=zeros, valid_BxS=jnp.zeros((batch_size, capacity), bool),
+               end=jnp.zeros((), jnp.int32))
+
+  @property
+  def capacity(self) -> int:
+    return self.valid_BxS.shape[1]
+
+  def begin_step(self, valid_BxT: jax.Array) -> "DenseKVCache":
+    valid_BxS = jax.lax.dynamic_update_slice(self.valid_BxS, valid_BxT.astype(bool), (0, self.end))
+    return self.replace(valid_BxS=valid_BxS, step_len=valid_BxT.shape[1])
+
+  def attend(self, layer, q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, evict_logits_BxTxK=None):
+    del evict_logits_BxTxK  # a dense cache keeps everything
+    keys = jax.lax.dynamic_update_slice(self.keys[layer], k_BxTxKxD.astype(self.keys[layer].dtype),
+                                        (0, self.end, 0, 0))
+    values = jax.lax.dynamic_update_slice(self.values[layer], v_BxTxKxD.astype(self.values[layer].dtype),
+                                          (0, self.end, 0, 0))
+    t = q_BxTxHxD.shape[1]
+    query_col_T = self.end + jnp.arange(t)
+    causal_TxS = jnp.arange(self.capacity)[None, :] <= query_col_T[:, None]
+    mask_BxTxS = causal_TxS[None] & self.valid_BxS[:, None, :]
+    out = grouped_attention(q_BxTxHxD, keys, values, mask_BxTxS)
+    new = self.replace(keys=_set(self.keys, layer, keys), values=_set(self.values, layer, values))
+    return out, new
+
+  def end_step(self) -> "DenseKVCache":
+    return self.replace(end=self.end + self.step_len)
+
+  def live_bytes(self) -> jax.Array:
+    """Bytes of keys and values held for valid tokens."""
+    per_token = sum(k.shape[2] * k.shape[3] * k.dtype.itemsize for k in self.keys) * 2
+    return jnp.sum(self.valid_BxS) * per_token
+
+
+def _set(items: tuple, index: int, value) -> tuple:
+  return items[:index] + (value,) + items[index + 1:]

@@ -1,0 +1,65 @@
+"""The KV-cache path (prefill, then one token at a time) against the full forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import jaxpost.models as jm
+
+
+def _model(**overrides):
+  cfg = jm.ModelConfig(vocab_size=61, hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=12,
+                       intermediate_size=64, qk_norm=True, **overrides)
+  return jm.Decoder(cfg, rngs=nnx.Rngs(0))
+
+
+def _decode_all(model, prompt, prompt_mask, continuation):
+  """Prefill the (left-padded) prompt, then feed `continuation` one token at a time; logits of every step."""
+  b, p = prompt.shape
+  cache = jm.DenseKVCache.create(model.cfg, b, p + continuation.shape[1])
+  positions = np.maximum(np.cumsum(prompt_mask, axis=1) - 1, 0)
+  step = nnx.jit(lambda m, t, pos, seg, c: m(t, positions=pos, segment_ids=seg, cache=c))
+  logits, cache = step(model, prompt, positions, prompt_mask, cache)
+  outs = [logits]
+  next_pos = prompt_mask.sum(1)
+  for i in range(continuation.shape[1]):
+    logits, cache = step(model, continuation[:, i:i + 1], (next_pos + i)[:, None], np.ones((b, 1), np.int32),
+                         cache)
+    outs.append(logits)
+  return jnp.concatenate(outs, axis=1), cache
+
+
+def test_decoding_32_tokens_matches_full_forward_with_left_padding():
+  model = _model()
+  rng = np.random.RandomState(0)
+  prompt_lengths = np.array([9, 4, 1])
+  p, n_new = 9, 32
+  prompt_mask = (np.arange(p)[None] >= p - prompt_lengths[:, None]).astype(np.int32)
+  prompt = rng.randint(1, 61, (3, p)) * prompt_mask
+  continuation = rng.randint(1, 61, (3, n_new))
+  cached, cache = _decode_all(model, prompt, prompt_mask, continuation)
+  assert int(cache.end) == p + n_new
+  for row, length in enumerate(prompt_lengths):  # each row alone, unpadded, through the full forward
+    sequence = np.concatenate([prompt[row, p - length:], continuation[row]])[None]
+    full = np.asarray(model(sequence))[0]
+    np.testing.assert_allclose(np.asarray(cached)[row, p - length:], full, atol=1e-5, rtol=0)
+
+
+def test_cache_counts_live_bytes_of_valid_tokens_only():
+  model = _model()
+  prompt_mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]], np.int32)
+  _, cache = _decode_all(model, np.ones((2, 4), np.int32), prompt_mask, np.ones((2, 3), np.int32))
+  per_token = 2 * model.cfg.num_layers * model.cfg.num_kv_heads * model.cfg.head_dim * 4
+  assert int(cache.live_bytes()) == (2 + 4 + 2 * 3) * per_token
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  tokens = np.random.RandomState(1).randint(0, 61, (2, 16))
+  f32 = np.asarray(_model()(tokens))
+  bf16 = _model(dtype="bfloat16")
+  assert bf16.layers[0].mlp.up_proj.kernel[...].dtype == jnp.float32  # weights stay float32
+  got = np.asarray(bf16(tokens))
+  assert got.dtype == np.float32
+  assert np.abs(got - f32).max() < 0.05 * np.abs(f32).max()
+  assert np.abs(got - f32).max() > 0  # bfloat16 really was used
