@@ -1,0 +1,6 @@
+"""Pure loss functions: `make_xxx_loss(cfg)` gives `loss_fn(model, batch, rng) -> (loss, metrics)`; the kernels
+underneath work on per-token arrays (log-probs, masks, advantages) and can be used without a model."""
+
+from jaxpost.losses.logprobs import (completion_logps, masked_count, masked_mean, masked_sum, rl_model_inputs,
+                                     sft_token_arrays, token_entropy, token_logps)
+from jaxpost.losses.sft import SFTConfig, make_sft_loss, sft_loss_terms

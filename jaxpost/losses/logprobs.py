@@ -1,0 +1,105 @@
+"""Per-token log-probabilities, entropies and masked reductions, plus the two model bindings.
+
+Letters: B batch, T tokens, P prompt length, C completion length, V vocab.
+Kernels here are pure array functions; `sft_token_arrays` and `completion_logps` run a model
+(`model(tokens, positions=..., segment_ids=...) -> logits`) on the SFT / RL batch layouts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Model = Callable[..., Array]
+
+
+def token_logps(logits_BxTxV: Array, targets_BxT: Array) -> Array:
+  """log softmax(logits)[target] in float32: the log-probability of each target token."""
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  logz_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+  target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return target_logit_BxT - logz_BxT
+
+
+def token_entropy(logits_BxTxV: Array) -> Array:
+  """Entropy -sum_v p log p of the predictive distribution at each position, in float32."""
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(logp_BxTxV) * logp_BxTxV, axis=-1)
+
+
+def masked_sum(x: Array, mask: Array, axis: Any = None) -> Array:
+  """Sum of x where mask is set (masked entries never propagate NaN/inf)."""
+  return jnp.sum(jnp.where(mask.astype(bool), x, 0.0), axis=axis)
+
+
+def masked_count(mask: Array, axis: Any = None) -> Array:
+  """Number of set mask entries, as float32 (the denominator of `masked_mean`)."""
+  return jnp.sum(mask.astype(jnp.float32), axis=axis)
+
+
+def masked_mean(x: Array, mask: Array, axis: Any = None) -> Array:
+  """masked_sum / max(masked_count, 1): 0 (never NaN) where nothing is selected."""
+  return masked_sum(x, mask, axis) / jnp.maximum(masked_count(mask, axis), 1.0)
+
+
+def _run_model(model: Model, tokens_BxT: Array, positions_BxT: Array | None, segment_ids_BxT: Array | None,
+               temperature: float) -> Array:
+  kwargs = {}
+  if positions_BxT is not None:
+    kwargs["positions"] = positions_BxT
+  if segment_ids_BxT is not None:
+    kwargs["segment_ids"] = segment_ids_BxT
+  logits_BxTxV = model(tokens_BxT, **kwargs).astype(jnp.float32)
+  return logits_BxTxV if temperature == 1.0 else logits_BxTxV / temperature
+
+
+def sft_token_arrays(model: Model, batch: Mapping[str, Array]) -> dict[str, Array]:
+  """Runs the model on an SFT batch; returns [B,T] arrays aligned with `tokens`.
+
+  Entry t describes predicting tokens[:, t] from logits[:, t-1]: `logps`, `entropy` (of that predictive
+  distribution), `neg_mean_logp` (-mean_v log p_v, for label smoothing), `correct` (argmax == token) and `mask`,
+  the effective loss mask: loss_mask[t] and t > 0 and t in the same (non-pad) segment as t-1, so no loss ever
+  crosses a packed-segment boundary. Column 0 is all zeros.
+  """
+  tokens_BxT = batch["tokens"]
+  segment_ids_BxT = batch.get("segment_ids")
+  logits_BxTxV = _run_model(model, tokens_BxT, batch.get("positions"), segment_ids_BxT, 1.0)
+  prev_logits_BxTxV = logits_BxTxV[:, :-1]
+  targets_BxT = tokens_BxT[:, 1:]
+  logz_BxT = jax.nn.logsumexp(prev_logits_BxTxV, axis=-1)
+  mask_BxT = batch["loss_mask"][:, 1:].astype(bool)
+  if segment_ids_BxT is not None:
+    mask_BxT &= (segment_ids_BxT[:, 1:] == segment_ids_BxT[:, :-1]) & (segment_ids_BxT[:, 1:] != 0)
+  arrays = {
+      "logps": token_logps(prev_logits_BxTxV, targets_BxT),
+      "entropy": token_entropy(prev_logits_BxTxV),
+      "neg_mean_logp": logz_BxT - jnp.mean(prev_logits_BxTxV, axis=-1),
+      "correct": jnp.argmax(prev_logits_BxTxV, axis=-1) == targets_BxT,
+      "mask": mask_BxT,
+  }
+  return {k: jnp.pad(v, ((0, 0), (1, 0))) for k, v in arrays.items()}
+
+
+def rl_model_inputs(batch: Mapping[str, Array]) -> tuple[Array, Array, Array]:
+  """(tokens, positions, segment_ids) [B, P+C] for the RL layout: concat(prompt, completion) with
+  segment_ids = concat(masks) and positions = cumsum(mask) - 1 (clamped at 0 on left padding)."""
+  tokens_BxT = jnp.concatenate([batch["prompt_tokens"], batch["completion_tokens"]], axis=1).astype(jnp.int32)
+  mask_BxT = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1).astype(jnp.int32)
+  positions_BxT = jnp.maximum(jnp.cumsum(mask_BxT, axis=1) - 1, 0)
+  return tokens_BxT, positions_BxT, mask_BxT
+
+
+def completion_logps(model: Model, batch: Mapping[str, Array], *, temperature: float = 1.0) -> tuple[Array, Array]:
+  """(logps_BxC, entropy_BxC) of the completion tokens of an RL batch under `model`.
+
+  Logits are divided by `temperature` first (as TRL does, so they match the sampling distribution).
+  The logit predicting completion token c sits at sequence index P + c - 1.
+  """
+  prompt_len = batch["prompt_tokens"].shape[1]
+  tokens_BxT, positions_BxT, segment_ids_BxT = rl_model_inputs(batch)
+  logits_BxTxV = _run_model(model, tokens_BxT, positions_BxT, segment_ids_BxT, temperature)
+  logits_BxCxV = logits_BxTxV[:, prompt_len - 1:-1]
+  return token_logps(logits_BxCxV, batch["completion_tokens"]), token_entropy(logits_BxCxV)
