@@ -4,3 +4,4 @@ underneath work on per-token arrays (log-probs, masks, advantages) and can be us
 from jaxpost.losses.logprobs import (completion_logps, masked_count, masked_mean, masked_sum, rl_model_inputs,
                                      sft_token_arrays, token_entropy, token_logps)
 from jaxpost.losses.sft import SFTConfig, make_sft_loss, sft_loss_terms
+from jaxpost.losses.advantages import group_advantages
