@@ -5,3 +5,5 @@ from jaxpost.losses.logprobs import (completion_logps, masked_count, masked_mean
                                      sft_token_arrays, token_entropy, token_logps)
 from jaxpost.losses.sft import SFTConfig, make_sft_loss, sft_loss_terms
 from jaxpost.losses.advantages import group_advantages
+from jaxpost.losses.grpo import (GRPOConfig, aggregate, kl_penalty, log_importance_ratio, make_grpo_loss, policy_loss,
+                                 regularized_loss, token_policy_losses)
