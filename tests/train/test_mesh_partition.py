@@ -1,0 +1,83 @@
+"""Mesh sizes from config, partition rules (incl. the replication fallback) and multi-process detection."""
+
+import jax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxpost.train import MeshConfig, batch_sharding, initialize_distributed, make_mesh, spec_for
+from jaxpost.train.mesh import _multi_process_launcher
+
+
+def test_mesh_config_resolves_the_rest_of_the_devices():
+  assert MeshConfig().axis_sizes(8) == (1, 8, 1)
+  assert MeshConfig(data=2).axis_sizes(8) == (2, 4, 1)
+  assert MeshConfig(data=-1, fsdp=2, tensor=2).axis_sizes(8) == (2, 2, 2)
+  assert MeshConfig(data=2, fsdp=2, tensor=2).axis_sizes(8) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("kwargs, devices, message", [
+    (dict(data=-1, fsdp=-1), 8, "at most one axis"),
+    (dict(tensor=0), 8, "MeshConfig.tensor"),
+    (dict(tensor=3), 8, "not divisible"),
+    (dict(data=2, fsdp=2, tensor=1), 8, "needs 4 devices"),
+])
+def test_mesh_config_errors(kwargs, devices, message):
+  with pytest.raises(ValueError, match=message):
+    MeshConfig(**kwargs).axis_sizes(devices)
+
+
+def test_make_mesh_on_all_and_on_some_devices():
+  mesh = make_mesh(MeshConfig(data=2, tensor=2))
+  assert mesh.axis_names == ("data", "fsdp", "tensor") and dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  small = make_mesh(MeshConfig(), devices=jax.devices()[4:8])
+  assert dict(small.shape) == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert set(small.devices.flat) == set(jax.devices()[4:8])
+
+
+def test_rules_shard_heads_and_mlp_over_tensor_and_the_large_dim_over_fsdp():
+  mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
+  expected = {
+      "embed/embedding": ((64, 32), P("tensor", "fsdp")),
+      "lm_head/kernel": ((32, 64), P("fsdp", "tensor")),
+      "layers/0/attn/q_proj/kernel": ((32, 64), P("fsdp", "tensor")),
+      "layers/0/attn/k_proj/bias": ((16,), P("tensor")),
+      "layers/11/attn/o_proj/kernel": ((64, 32), P("tensor", "fsdp")),
+      "layers/1/mlp/up_proj/kernel": ((32, 128), P("fsdp", "tensor")),
+      "layers/1/mlp/down_proj/kernel": ((128, 32), P("tensor", "fsdp")),
+      "layers/1/attn/q_norm/scale": ((8,), P()),
+      "final_norm/scale": ((32,), P()),
+      "some/new/adapter": ((32, 4), P()),  # unmatched: replicated
+      "0/mu/layers/2/mlp/gate_proj/kernel": ((32, 128), P("fsdp", "tensor")),  # Adam moment follows its param
+      "0/count": ((), P()),
+  }
+  for path, (shape, spec) in expected.items():
+    assert spec_for(path, shape, mesh) == spec, path
+
+
+def test_indivisible_dimension_falls_back_to_replication():
+  mesh = make_mesh(MeshConfig(fsdp=2, tensor=4))
+  # 2 KV heads x 8 = 16 columns do divide by 4; 6 columns (e.g. 3 heads x 2) do not.
+  assert spec_for("layers/0/attn/k_proj/kernel", (32, 16), mesh) == P("fsdp", "tensor")
+  assert spec_for("layers/0/attn/k_proj/kernel", (32, 6), mesh) == P("fsdp", None)
+  assert spec_for("embed/embedding", (10, 32), mesh) == P(None, "fsdp")
+  with pytest.raises(ValueError, match="has 2 dims"):
+    spec_for("layers/0/mlp/up_proj/kernel", (32,), mesh)
+
+
+def test_batch_is_sharded_over_data_and_fsdp():
+  mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+  x = jax.device_put(jax.numpy.zeros((8, 3)), batch_sharding(mesh))
+  assert {s.data.shape for s in x.addressable_shards} == {(2, 3)}  # 8 rows over 2x2, replicated over tensor
+
+
+def test_multi_process_detection(monkeypatch):
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+               "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(name, raising=False)
+  assert _multi_process_launcher() is None and initialize_distributed() is False
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  assert _multi_process_launcher() is None
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.1,10.0.0.2")
+  assert _multi_process_launcher() == "TPU pod"
+  monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+  assert _multi_process_launcher() == "Open MPI"
