@@ -1,0 +1,123 @@
+"""DMS (Dynamic Memory Sparsification, arXiv 2506.05345): learned, delayed KV-cache eviction (SPEC §5).
+
+Each (layer, KV head, token) gets a decision logit `a = scale * x - offset`. The decision of token t+1 says whether
+token t is evicted; eviction is delayed: query q sees key k without penalty while q - k <= window. During training
+the decision is a Gumbel-sigmoid relaxation and keys beyond the window get the additive bias log(1 - alpha_{k+1});
+at inference a token is evicted iff a > 0, which the "hard" mode reproduces exactly as a mask.
+
+Letters: B batch, T tokens, S keys, H query heads, K KV heads, D head dim, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DMS_VARIANTS = ("query_neuron", "adapter")
+DMS_MODES = ("off", "soft", "hard")  # no eviction (teacher) | training relaxation | inference decisions (a > 0)
+MASKED = -1e30  # finite: a query whose keys are all masked gets a uniform row instead of NaN
+DECISIONS = "dms_decisions"  # name of the sown per-layer decisions [B, T, K]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DMSConfig:
+  """variant: where x comes from (`query_neuron`: last channel of each group's first query head after q-norm;
+  `adapter`: zero-initialised Linear(d_model -> K) on an RMSNorm of the residual input). window: keys at distance
+  <= window from the query are never evicted. tau: relaxation temperature. scale, offset: a = scale * x - offset."""
+
+  variant: str = "query_neuron"
+  window: int = 512
+  tau: float = 0.1
+  scale: float = 100.0
+  offset: float = 5.0
+
+  def __post_init__(self):
+    if self.variant not in DMS_VARIANTS:
+      raise ValueError(f"DMSConfig.variant {self.variant!r} is not one of {DMS_VARIANTS}")
+    if self.window < 0:
+      raise ValueError(f"DMSConfig.window must be >= 0, got {self.window}")
+    if self.tau <= 0:
+      raise ValueError(f"DMSConfig.tau must be positive, got {self.tau}")
+
+
+def check_mode(mode: str) -> None:
+  if mode not in DMS_MODES:
+    raise ValueError(f"dms_mode {mode!r} is not one of {DMS_MODES}")
+
+
+def split_query_neuron(q_BxTxHxD: jax.Array, num_kv_heads: int) -> tuple[jax.Array, jax.Array]:
+  """(x [B,T,K]: the last channel of the first query head of each group, q with that channel zeroed)."""
+  b, t, h, d = q_BxTxHxD.shape
+  q_BxTxKxGxD = q_BxTxHxD.reshape(b, t, num_kv_heads, h // num_kv_heads, d)
+  x_BxTxK = q_BxTxKxGxD[:, :, :, 0, -1]
+  return x_BxTxK, zero_query_neuron(q_BxTxHxD, num_kv_heads)
+
+
+def zero_query_neuron(q_BxTxHxD: jax.Array, num_kv_heads: int) -> jax.Array:
+  """Zeroes the repurposed channel; needed again after RoPE, which rotates its paired channel into it."""
+  b, t, h, d = q_BxTxHxD.shape
+  q_BxTxKxGxD = q_BxTxHxD.reshape(b, t, num_kv_heads, h // num_kv_heads, d)
+  return q_BxTxKxGxD.at[:, :, :, 0, -1].set(0).reshape(b, t, h, d)
+
+
+def decision_logits(x_BxTxK: jax.Array, cfg: DMSConfig) -> jax.Array:
+  """a = scale * x - offset, in float32."""
+  return cfg.scale * x_BxTxK.astype(jnp.float32) - cfg.offset
+
+
+def relaxed_decisions(a_BxTxK: jax.Array, cfg: DMSConfig, rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """(l = (a + g1 - g2) / tau, straight-through hard decisions 1[sigmoid(l) > 0.5] with the gradient of sigmoid(l)).
+
+  g1 - g2 of two Gumbel(0, 1) draws is Logistic(0, 1), sampled directly; rng None means no noise.
+  """
+  noise = 0.0 if rng is None else jax.random.logistic(rng, a_BxTxK.shape, jnp.float32)
+  l_BxTxK = (a_BxTxK + noise) / cfg.tau
+  p_BxTxK = jax.nn.sigmoid(l_BxTxK)
+  hard_BxTxK = (l_BxTxK > 0).astype(jnp.float32)
+  return l_BxTxK, hard_BxTxK - jax.lax.stop_gradient(p_BxTxK) + p_BxTxK
+
+
+def delayed_eviction_bias(log_keep_BxTxK: jax.Array, window: int) -> jax.Array:
+  """[B, K, T, T] bias: query q gets log_keep of the key's successor (k + 1) for keys with q - k > window, 0 else.
+
+  Token indices stand for distances, so the real tokens of a segment must be contiguous (packing and left/right
+  padding are). The last key has no successor but no query lies beyond the window from it.
+  """
+  t = log_keep_BxTxK.shape[1]
+  successor_BxKxT = jnp.pad(log_keep_BxTxK[:, 1:], ((0, 0), (0, 1), (0, 0))).transpose(0, 2, 1)
+  index = jnp.arange(t)
+  far_TxT = index[:, None] - index[None, :] > window
+  return jnp.where(far_TxT, successor_BxKxT[:, :, None, :], 0.0)
+
+
+def eviction_bias(a_BxTxK: jax.Array, cfg: DMSConfig, *, mode: str,
+                  rng: jax.Array | None = None) -> tuple[jax.Array | None, jax.Array | None]:
+  """(attention bias [B,K,T,T] or None, decisions [B,T,K] or None) of one layer in the full forward.
+
+  soft: bias log sigmoid(-l_{k+1}) of the noisy relaxation, straight-through decisions (for the compression loss).
+  hard: no noise, evicted keys beyond the window masked out: exactly what the compressed cache attends to.
+  """
+  if mode == "off":
+    return None, None
+  if mode == "soft":
+    l_BxTxK, decisions_BxTxK = relaxed_decisions(a_BxTxK, cfg, rng)
+    return delayed_eviction_bias(jax.nn.log_sigmoid(-l_BxTxK), cfg.window), decisions_BxTxK
+  evict_BxTxK = a_BxTxK > 0
+  log_keep_BxTxK = jnp.where(evict_BxTxK, MASKED, 0.0)
+  return delayed_eviction_bias(log_keep_BxTxK, cfg.window), evict_BxTxK.astype(jnp.float32)
+
+
+def pop_decisions(model: nnx.Module) -> jax.Array:
+  """Removes the decisions sown by a forward with `dms_mode="soft"` and returns them stacked as [L, B, T, K]."""
+  sown = nnx.pop(model, nnx.Intermediate)
+  found = []
+  for path, value in nnx.to_flat_state(sown):
+    if path[-1] == DECISIONS:
+      layer = next(int(p) for p in path if isinstance(p, int) or str(p).isdigit())
+      found.append((layer, value.get_value()[0]))
+  if not found:
+    raise ValueError("pop_decisions: the model sowed no DMS decisions (run it with dms_mode='soft' first)")
+  return jnp.stack([d for _, d in sorted(found, key=lambda item: item[0])])
