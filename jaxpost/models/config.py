@@ -7,6 +7,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jaxpost.models.dms import DMSConfig
+
 MODEL_TYPES = ("llama", "qwen2", "qwen3")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -27,6 +29,7 @@ class ModelConfig:
 
   `qkv_bias` is Qwen2's attention bias, `qk_norm` Qwen3's per-head RMSNorm on queries and keys.
   `param_dtype` is what weights are stored in, `dtype` what activations are computed in.
+  `dms` turns on DMS learned KV-cache eviction (SPEC §5); None is the plain dense model.
   """
 
   model_type: str = "qwen3"
@@ -48,6 +51,7 @@ class ModelConfig:
   eos_token_id: int | tuple[int, ...] | None = None
   dtype: str = "float32"
   param_dtype: str = "float32"
+  dms: DMSConfig | None = None
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
@@ -87,6 +91,8 @@ def param_count(cfg: ModelConfig) -> int:
     attn += h * dh + 2 * k * dh
   if cfg.qk_norm:
     attn += 2 * dh
+  if cfg.dms is not None and cfg.dms.variant == "adapter":
+    attn += d + d * k + k  # RMSNorm scale, Linear(d -> K) kernel and bias
   per_layer = attn + 3 * d * f + 2 * d
   embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
   return cfg.num_layers * per_layer + embed + d

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpost.models import dms
 from jaxpost.models.attention import grouped_attention, segment_causal_mask
 from jaxpost.models.config import ModelConfig
 from jaxpost.models.kv_cache import KVCache
@@ -36,7 +37,10 @@ def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *, bias: bo
 
 
 class Attention(nnx.Module):
-  """Grouped-query self-attention with RoPE, optional q/k/v bias (Qwen2) and q/k RMSNorm (Qwen3)."""
+  """Grouped-query self-attention with RoPE, optional q/k/v bias (Qwen2) and q/k RMSNorm (Qwen3).
+
+  With `cfg.dms`, each KV head also emits DMS eviction decision logits (from a query neuron or an adapter).
+  """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -48,9 +52,14 @@ class Attention(nnx.Module):
     if cfg.qk_norm:
       self.q_norm = RMSNorm(dh, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
       self.k_norm = RMSNorm(dh, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
+    if cfg.dms is not None and cfg.dms.variant == "adapter":
+      self.dms_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
+      self.dms_proj = nnx.Linear(d, k, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                                 kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
-  def project(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Queries [B,T,H,Dh], keys and values [B,T,K,Dh], normed and rotated."""
+  def project(self, x_BxTxD: jax.Array, positions_BxT: jax.Array):
+    """Queries [B,T,H,Dh], keys and values [B,T,K,Dh], normed and rotated, and the DMS query neuron [B,T,K]
+    (None unless that variant is on; it is read after q-norm and zeroed before and after RoPE)."""
     b, t, _ = x_BxTxD.shape
     cfg = self.cfg
     q = self.q_proj(x_BxTxD).reshape(b, t, cfg.num_heads, cfg.head_dim)
@@ -58,15 +67,31 @@ class Attention(nnx.Module):
     v = self.v_proj(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
+    neuron_BxTxK = None
+    if cfg.dms is not None and cfg.dms.variant == "query_neuron":
+      neuron_BxTxK, q = dms.split_query_neuron(q, cfg.num_kv_heads)
     inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    return apply_rope(q, positions_BxT, inv_freq), apply_rope(k, positions_BxT, inv_freq), v
+    q = apply_rope(q, positions_BxT, inv_freq)
+    if neuron_BxTxK is not None:
+      q = dms.zero_query_neuron(q, cfg.num_kv_heads)
+    return q, apply_rope(k, positions_BxT, inv_freq), v, neuron_BxTxK
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxT, *, layer: int = 0, cache: KVCache | None = None):
-    q, k, v = self.project(x_BxTxD, positions_BxT)
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxT, *, layer: int = 0, cache: KVCache | None = None,
+               residual_BxTxD=None, dms_mode: str = "hard", dms_rng=None):
+    q, k, v, neuron_BxTxK = self.project(x_BxTxD, positions_BxT)
+    logits_BxTxK = None
+    if self.cfg.dms is not None:
+      x_BxTxK = neuron_BxTxK if neuron_BxTxK is not None else self.dms_proj(self.dms_norm(residual_BxTxD))
+      logits_BxTxK = dms.decision_logits(x_BxTxK, self.cfg.dms)
     if cache is None:
-      out = grouped_attention(q, k, v, mask_BxTxT)
+      bias_BxKxTxT = None
+      if logits_BxTxK is not None:
+        bias_BxKxTxT, decisions_BxTxK = dms.eviction_bias(logits_BxTxK, self.cfg.dms, mode=dms_mode, rng=dms_rng)
+        if dms_mode == "soft":
+          self.sow(nnx.Intermediate, dms.DECISIONS, decisions_BxTxK)
+      out = grouped_attention(q, k, v, mask_BxTxT, bias_BxKxTxT)
     else:
-      out, cache = cache.attend(layer, q, k, v)
+      out, cache = cache.attend(layer, q, k, v, logits_BxTxK)
     b, t = out.shape[:2]
     return self.o_proj(out.reshape(b, t, -1)), cache
 
@@ -93,8 +118,10 @@ class Block(nnx.Module):
     self.mlp_norm = norm()
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, mask, *, layer: int = 0, cache: KVCache | None = None):
-    attn_out, cache = self.attn(self.attn_norm(x), positions, mask, layer=layer, cache=cache)
+  def __call__(self, x, positions, mask, *, layer: int = 0, cache: KVCache | None = None, dms_mode: str = "hard",
+               dms_rng=None):
+    attn_out, cache = self.attn(self.attn_norm(x), positions, mask, layer=layer, cache=cache, residual_BxTxD=x,
+                                dms_mode=dms_mode, dms_rng=dms_rng)
     x = x + attn_out
     return x + self.mlp(self.mlp_norm(x)), cache
 
@@ -112,17 +139,21 @@ class Decoder(nnx.Module):
       self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, rngs)
 
   def __call__(self, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None, cache: KVCache | None = None):
+               segment_ids: jax.Array | None = None, cache: KVCache | None = None, dms_mode: str = "hard",
+               dms_rng: jax.Array | None = None):
     """Logits [B, T, V]; with a cache, `(logits, cache)` after appending these tokens to it.
 
     `segment_ids` (0 = padding) keep packed examples apart; with a cache they only mark which tokens are real.
+    `dms_mode` / `dms_rng` (models with `cfg.dms`, full forward only): see `jaxpost.models.dms.DMS_MODES`.
     """
-    hidden, cache = self.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids, cache=cache)
+    hidden, cache = self.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids, cache=cache,
+                                       dms_mode=dms_mode, dms_rng=dms_rng)
     logits = self.unembed(hidden)
     return logits if cache is None else (logits, cache)
 
-  def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None):
+  def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None, dms_mode="hard", dms_rng=None):
     """Final-normed hidden states [B, T, D] (and the updated cache, or None)."""
+    dms.check_mode(dms_mode)
     b, t = tokens_BxT.shape
     if segment_ids is None:
       segment_ids = jnp.ones((b, t), jnp.int32)
@@ -135,7 +166,8 @@ class Decoder(nnx.Module):
       cache = cache.begin_step(segment_ids != 0)
     x = self.embed(tokens_BxT)
     for i, block in enumerate(self.layers):
-      x, cache = block(x, positions, mask, layer=i, cache=cache)
+      layer_rng = None if dms_rng is None else jax.random.fold_in(dms_rng, i)
+      x, cache = block(x, positions, mask, layer=i, cache=cache, dms_mode=dms_mode, dms_rng=layer_rng)
     if cache is not None:
       cache = cache.end_step()
     return self.final_norm(x), cache
