@@ -1,0 +1,159 @@
+"""Batched generation: one jitted program that prefills the prompts and decodes in a `lax.while_loop`.
+
+Letters: B prompts, N = B * n rows, P prompt length, C completion capacity, V vocab. The KV cache is built by a
+`cache_factory(model_cfg, batch_size, capacity)` (default: dense), so compressed caches plug in unchanged. Per
+step only the last position's logits are computed; the loop ends when every row has stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxpost.generate.config import SamplingConfig
+from jaxpost.generate.rollout import Rollout
+from jaxpost.generate.sampling import choose_tokens
+from jaxpost.models import Decoder, DenseKVCache, KVCache, ModelConfig
+
+CacheFactory = Callable[[ModelConfig, int, int], KVCache]
+BATCH_AXES = ("data", "fsdp")
+
+
+def generate(model: Decoder, prompt_tokens: jax.Array, prompt_mask: jax.Array, *, cfg: SamplingConfig,
+             rng: jax.Array | None = None, max_new_tokens: int | jax.Array | None = None,
+             cache_factory: CacheFactory = DenseKVCache.create, mesh: Mesh | None = None) -> Rollout:
+  """Samples `cfg.n` completions of each left-padded prompt (`prompt_tokens`, `prompt_mask` [B, P]).
+
+  `rng`: one key (row r of prompt b uses fold_in(fold_in(rng, b), r)) or B keys, one per prompt, so a prompt's
+  samples do not depend on what else is in the batch; unused when greedy. `max_new_tokens`: a scalar or one per
+  prompt, at most `cfg.completion_len`; an array, so changing it does not recompile. `mesh`: shard rows over
+  ("data", "fsdp") (place the params with the training partition rules beforehand). `cache_factory` must be
+  hashable and stable across calls (e.g. a module-level function), as it keys the compilation cache.
+  """
+  _check_prompts(prompt_tokens, prompt_mask)
+  b = prompt_tokens.shape[0]
+  if max_new_tokens is None:
+    max_new_tokens = cfg.completion_len
+  if not isinstance(max_new_tokens, jax.core.Tracer):
+    limit = np.asarray(max_new_tokens)
+    if limit.shape not in ((), (b,)) or limit.min() < 0 or limit.max() > cfg.completion_len:
+      raise ValueError(f"generate: max_new_tokens must be a scalar or [{b}] in [0, completion_len="
+                       f"{cfg.completion_len}], got {limit.tolist()}")
+  if rng is None:
+    if not cfg.greedy:
+      raise ValueError("generate: sampling (temperature > 0) needs an rng key")
+    rng = jax.random.key(0)
+  elif not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)
+  graphdef, state = nnx.split(model)
+  return _generate(graphdef, state, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, jnp.int32),
+                   rng, jnp.asarray(max_new_tokens, jnp.int32), cfg=cfg, cache_factory=cache_factory, mesh=mesh)
+
+
+def _check_prompts(tokens, mask) -> None:
+  """Shapes always; left padding and non-empty rows whenever the mask can be read on this host."""
+  if tokens.ndim != 2 or tokens.shape != mask.shape:
+    raise ValueError(f"generate: prompt_tokens {tokens.shape} and prompt_mask {mask.shape} must both be [B, P]")
+  if isinstance(mask, jax.core.Tracer) or (isinstance(mask, jax.Array) and not mask.is_fully_addressable):
+    return
+  mask = np.asarray(mask)
+  if not np.isin(mask, (0, 1)).all() or (np.diff(mask, axis=1) < 0).any():
+    raise ValueError("generate: prompt_mask must be 0/1 and left-padded (zeros, then ones, in every row)")
+  if (mask[:, -1] == 0).any():
+    raise ValueError(f"generate: prompt rows {np.flatnonzero(mask[:, -1] == 0).tolist()} are empty")
+
+
+@flax.struct.dataclass
+class _LoopState:
+  step: jax.Array  # int32 scalar: index of the next completion column to fill
+  tokens_NxC: jax.Array
+  logps_NxC: jax.Array
+  sampling_logps_NxC: jax.Array
+  mask_NxC: jax.Array
+  stopped_N: jax.Array
+  done_N: jax.Array
+  cache: KVCache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "cache_factory", "mesh"))
+def _generate(graphdef, state, prompt_BxP, prompt_mask_BxP, rng, max_new_tokens, *, cfg: SamplingConfig,
+              cache_factory: CacheFactory, mesh: Mesh | None) -> Rollout:
+  model = nnx.merge(graphdef, state)
+  b, p = prompt_BxP.shape
+  n_rows, c = b * cfg.n, cfg.completion_len
+  shard = functools.partial(_shard_rows, n_rows=n_rows, mesh=mesh)
+  prompt_NxP = shard(jnp.repeat(prompt_BxP, cfg.n, axis=0))
+  prompt_mask_NxP = shard(jnp.repeat(prompt_mask_BxP, cfg.n, axis=0))
+  limit_N = shard(jnp.repeat(jnp.broadcast_to(max_new_tokens, (b,)), cfg.n))
+  keys_N = None if cfg.greedy else shard(_row_keys(rng, b, cfg.n))
+  stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
+  next_position_N = jnp.sum(prompt_mask_NxP, axis=1)  # position of the first completion token
+
+  empty_cache = jax.tree.map(shard, cache_factory(model.cfg, n_rows, p + c))
+
+  def last_logits(tokens_NxT, positions_NxT, segment_ids_NxT, cache):
+    """Logits of the last position only; the cache keeps the structure it was created with, so that static
+    per-step scratch fields (e.g. DenseKVCache.step_len) do not change the loop carry's type."""
+    hidden_NxTxD, cache = model.hidden_states(tokens_NxT, positions=positions_NxT, segment_ids=segment_ids_NxT,
+                                              cache=cache)
+    cache = jax.tree.unflatten(jax.tree.structure(empty_cache), jax.tree.leaves(cache))
+    return model.unembed(hidden_NxTxD[:, -1:])[:, 0], cache
+
+  def record(s: _LoopState, logits_NxV, cache) -> _LoopState:
+    """Chooses completion token `s.step` of every row and writes it where the row is still going."""
+    step_keys_N = None if keys_N is None else jax.vmap(jax.random.fold_in, (0, None))(keys_N, s.step)
+    token_N, logp_N, sampling_logp_N = choose_tokens(logits_NxV, step_keys_N, cfg)
+    live_N = ~s.done_N
+    stop_N = live_N & jnp.isin(token_N, stop_ids)
+    put = lambda arr, value: jax.lax.dynamic_update_slice(arr, value[:, None].astype(arr.dtype), (0, s.step))
+    return _LoopState(
+        step=s.step + 1,
+        tokens_NxC=put(s.tokens_NxC, jnp.where(live_N, token_N, cfg.pad_id)),
+        logps_NxC=put(s.logps_NxC, jnp.where(live_N, logp_N, 0.0)),
+        sampling_logps_NxC=put(s.sampling_logps_NxC, jnp.where(live_N, sampling_logp_N, 0.0)),
+        mask_NxC=put(s.mask_NxC, live_N),
+        stopped_N=s.stopped_N | stop_N,
+        done_N=s.done_N | stop_N | (s.step + 1 >= limit_N),
+        cache=cache)
+
+  def decode_step(s: _LoopState) -> _LoopState:
+    previous_N = jax.lax.dynamic_slice_in_dim(s.tokens_NxC, s.step - 1, 1, axis=1)
+    positions_Nx1 = (next_position_N + s.step - 1)[:, None]
+    logits_NxV, cache = last_logits(previous_N, positions_Nx1, (~s.done_N)[:, None].astype(jnp.int32), s.cache)
+    return record(s, logits_NxV, cache)
+
+  def keep_going(s: _LoopState) -> jax.Array:
+    return (s.step < c) & ~jnp.all(s.done_N)
+
+  positions_NxP = jnp.maximum(jnp.cumsum(prompt_mask_NxP, axis=1) - 1, 0)
+  logits_NxV, cache = last_logits(prompt_NxP, positions_NxP, prompt_mask_NxP, empty_cache)
+  zeros_NxC = shard(jnp.zeros((n_rows, c), jnp.float32))
+  start = _LoopState(step=jnp.zeros((), jnp.int32), tokens_NxC=zeros_NxC.astype(jnp.int32), logps_NxC=zeros_NxC,
+                     sampling_logps_NxC=zeros_NxC, mask_NxC=zeros_NxC.astype(jnp.int32),
+                     stopped_N=jnp.zeros((n_rows,), bool), done_N=limit_N <= 0, cache=cache)
+  last = jax.lax.while_loop(keep_going, decode_step, record(start, logits_NxV, cache))
+  return Rollout(prompt_tokens=prompt_NxP, prompt_mask=prompt_mask_NxP, completion_tokens=last.tokens_NxC,
+                 completion_mask=last.mask_NxC, logps=last.logps_NxC, sampling_logps=last.sampling_logps_NxC,
+                 lengths=jnp.sum(last.mask_NxC, axis=1), stopped=last.stopped_N, group_size=cfg.n)
+
+
+def _row_keys(rng: jax.Array, b: int, n: int) -> jax.Array:
+  """[B*n] keys: sample r of prompt i gets fold_in(prompt_key_i, r); one key is first folded with the prompt index."""
+  prompt_keys_B = rng if rng.ndim == 1 else jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(b))
+  fold = jax.vmap(jax.vmap(jax.random.fold_in, (None, 0)), (0, None))
+  return fold(prompt_keys_B, jnp.arange(n)).reshape(b * n)
+
+
+def _shard_rows(x: jax.Array, *, n_rows: int, mesh: Mesh | None) -> jax.Array:
+  """Pins a leading row dimension to the batch axes of `mesh`; other dimensions are left to the compiler."""
+  if mesh is None or x.ndim == 0 or x.shape[0] != n_rows:
+    return x
+  spec = P(BATCH_AXES, *([P.UNCONSTRAINED] * (x.ndim - 1)))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
