@@ -39,13 +39,7 @@ def generate(model: Decoder, prompt_tokens: jax.Array, prompt_mask: jax.Array, *
   """
   _check_prompts(prompt_tokens, prompt_mask)
   b = prompt_tokens.shape[0]
-  if max_new_tokens is None:
-    max_new_tokens = cfg.completion_len
-  if not isinstance(max_new_tokens, jax.core.Tracer):
-    limit = np.asarray(max_new_tokens)
-    if limit.shape not in ((), (b,)) or limit.min() < 0 or limit.max() > cfg.completion_len:
-      raise ValueError(f"generate: max_new_tokens must be a scalar or [{b}] in [0, completion_len="
-                       f"{cfg.completion_len}], got {limit.tolist()}")
+  limit_B = _limits(cfg.completion_len if max_new_tokens is None else max_new_tokens, b, cfg.completion_len)
   if rng is None:
     if not cfg.greedy:
       raise ValueError("generate: sampling (temperature > 0) needs an rng key")
@@ -54,7 +48,18 @@ def generate(model: Decoder, prompt_tokens: jax.Array, prompt_mask: jax.Array, *
     rng = jax.random.wrap_key_data(rng)
   graphdef, state = nnx.split(model)
   return _generate(graphdef, state, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, jnp.int32),
-                   rng, jnp.asarray(max_new_tokens, jnp.int32), cfg=cfg, cache_factory=cache_factory, mesh=mesh)
+                   rng, limit_B, cfg=cfg, cache_factory=cache_factory, mesh=mesh)
+
+
+def _limits(max_new_tokens, b: int, capacity: int):
+  """max_new_tokens as [B] int32 (one signature for scalars and per-prompt limits), range-checked if concrete."""
+  if isinstance(max_new_tokens, jax.core.Tracer):
+    return jnp.broadcast_to(max_new_tokens, (b,)).astype(jnp.int32)
+  limit = np.asarray(max_new_tokens, np.int32)
+  if limit.shape not in ((), (b,)) or limit.min() < 0 or limit.max() > capacity:
+    raise ValueError(f"generate: max_new_tokens must be a scalar or [{b}] in [0, completion_len={capacity}], "
+                     f"got {limit.tolist()}")
+  return np.broadcast_to(limit, (b,))
 
 
 def _check_prompts(tokens, mask) -> None:
@@ -83,7 +88,7 @@ class _LoopState:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "cache_factory", "mesh"))
-def _generate(graphdef, state, prompt_BxP, prompt_mask_BxP, rng, max_new_tokens, *, cfg: SamplingConfig,
+def _generate(graphdef, state, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg: SamplingConfig,
               cache_factory: CacheFactory, mesh: Mesh | None) -> Rollout:
   model = nnx.merge(graphdef, state)
   b, p = prompt_BxP.shape
@@ -91,7 +96,7 @@ def _generate(graphdef, state, prompt_BxP, prompt_mask_BxP, rng, max_new_tokens,
   shard = functools.partial(_shard_rows, n_rows=n_rows, mesh=mesh)
   prompt_NxP = shard(jnp.repeat(prompt_BxP, cfg.n, axis=0))
   prompt_mask_NxP = shard(jnp.repeat(prompt_mask_BxP, cfg.n, axis=0))
-  limit_N = shard(jnp.repeat(jnp.broadcast_to(max_new_tokens, (b,)), cfg.n))
+  limit_N = shard(jnp.repeat(limit_B, cfg.n))
   keys_N = None if cfg.greedy else shard(_row_keys(rng, b, cfg.n))
   stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
   next_position_N = jnp.sum(prompt_mask_NxP, axis=1)  # position of the first completion token
