@@ -11,3 +11,4 @@ from jaxpost.losses.luffy import LUFFYConfig, luffy_policy_loss, make_luffy_loss
 from jaxpost.losses.prefix_rft import (PrefixRFTConfig, build_hybrid_completions, make_prefix_rft_loss, prefix_low,
                                        prefix_rft_advantages, prefix_rft_policy_loss, sample_prefix_lengths,
                                        select_high_entropy_prefix_tokens)
+from jaxpost.losses.compose import Term, compose

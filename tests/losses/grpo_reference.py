@@ -1,4 +1,4 @@
-"""An independent GRPO-family reference: a straightforward per-row, per-token torch loop in float64.
+"""Independent references for advantages and the GRPO family: a straightforward per-row, per-token torch loop in float64.
 
 Written from the TRL / verl formulas (sequence-level ratio as TRL computes it: one exp(mean lr) per row), not
 from jaxpost's code; returns the loss, d loss / d logps, d loss / d entropy and the clip fractions.
@@ -80,3 +80,26 @@ def reference_loss(logps, old_logps, advantages, mask, *, loss_type="grpo", impo
   grad_entropy = None if entropy_t is None or entropy_t.grad is None else entropy_t.grad.numpy()
   assert math.isfinite(loss.item())
   return loss.item(), grad_logps, grad_entropy, fractions
+
+
+def reference_advantages(rewards, g, estimator, eps, scale):
+  """Straightforward loop over groups, written from the formulas."""
+  r = torch.tensor(rewards, dtype=torch.float64)
+  out = torch.zeros_like(r)
+  batch_std = r.std() if len(r) > 1 else torch.tensor(1.0, dtype=torch.float64)
+  for start in range(0, len(r), g):
+    grp = r[start:start + g]
+    for i in range(len(grp)):
+      if g == 1:
+        baseline = 0.0
+      elif estimator == "rloo":
+        baseline = (grp.sum() - grp[i]) / (g - 1)
+      else:
+        baseline = grp.mean()
+      a = grp[i] - baseline
+      if scale == "group":
+        a = a / ((grp.std() if g > 1 else 1.0) + eps)
+      elif scale == "batch":
+        a = a / (batch_std + eps)
+      out[start + i] = a
+  return out.numpy()

@@ -3,33 +3,9 @@
 import jax
 import numpy as np
 import pytest
-import torch
 
 from jaxpost.losses.advantages import group_advantages
-
-
-def _reference(rewards, g, estimator, eps, scale):
-  """Straightforward loop over groups, written from the formulas."""
-  r = torch.tensor(rewards, dtype=torch.float64)
-  out = torch.zeros_like(r)
-  batch_std = r.std() if len(r) > 1 else torch.tensor(1.0, dtype=torch.float64)
-  for start in range(0, len(r), g):
-    grp = r[start:start + g]
-    for i in range(len(grp)):
-      if g == 1:
-        baseline = 0.0
-      elif estimator == "rloo":
-        baseline = (grp.sum() - grp[i]) / (g - 1)
-      else:
-        baseline = grp.mean()
-      a = grp[i] - baseline
-      if scale == "group":
-        a = a / ((grp.std() if g > 1 else 1.0) + eps)
-      elif scale == "batch":
-        a = a / (batch_std + eps)
-      out[start + i] = a
-  return out.numpy()
-
+from tests.losses.grpo_reference import reference_advantages
 
 CASES = [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("dr_grpo", "none"), ("rloo", "none"),
          ("rloo", "group"), ("rloo", "batch")]
@@ -40,7 +16,7 @@ CASES = [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("dr_grpo", "no
 def test_matches_reference_on_random_rewards(estimator, scale, group_size):
   rewards = np.random.default_rng(group_size).normal(size=8).astype(np.float32)
   fn = jax.jit(lambda r: group_advantages(r, group_size, estimator=estimator, eps=1e-4, scale=scale))
-  np.testing.assert_allclose(fn(rewards), _reference(rewards, group_size, estimator, 1e-4, scale), rtol=1e-5,
+  np.testing.assert_allclose(fn(rewards), reference_advantages(rewards, group_size, estimator, 1e-4, scale), rtol=1e-5,
                              atol=1e-6)
 
 

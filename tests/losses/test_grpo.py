@@ -9,8 +9,7 @@ from jaxpost.losses import grpo
 from jaxpost.losses.advantages import group_advantages
 from jaxpost.losses.logprobs import completion_logps
 from tests.losses import fakes
-from tests.losses.grpo_reference import reference_loss
-from tests.losses.test_advantages import _reference as reference_advantages
+from tests.losses.grpo_reference import reference_advantages, reference_loss
 
 B, C = 6, 7
 
@@ -156,24 +155,10 @@ def test_beta_without_ref_logps_raises():
     grpo.policy_loss(x["logps"], x["old_logps"], x["advantages"], x["mask"], beta=0.1)
 
 
-def _rl_batch(seed=0):
-  rng = np.random.default_rng(seed)
-  p, c = 3, 4
-  prompt_mask = np.array([[0, 1, 1], [1, 1, 1], [0, 0, 1], [0, 1, 1]])
-  completion_mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
-  return {
-      "prompt_tokens": jnp.asarray(rng.integers(1, 11, (4, p)) * prompt_mask),
-      "prompt_mask": jnp.asarray(prompt_mask),
-      "completion_tokens": jnp.asarray(rng.integers(1, 11, (4, c)) * completion_mask),
-      "completion_mask": jnp.asarray(completion_mask),
-      "advantages": jnp.asarray(rng.normal(size=4), jnp.float32),
-  }
-
-
 def test_make_grpo_loss_one_update_is_the_reinforce_gradient():
   """Without old_logps the ratio is 1: grpo loss = -mean_i A_i over non-empty rows' share, gradient REINFORCE."""
   params = fakes.init_params(5)
-  batch = _rl_batch()
+  batch = fakes.rl_batch()
   loss_fn = grpo.make_grpo_loss(grpo.GRPOConfig(temperature=0.9))
   (loss, metrics), grads = jax.jit(jax.value_and_grad(lambda p: loss_fn(fakes.bind(p), batch, None), has_aux=True))(
       params)
@@ -193,7 +178,7 @@ def test_make_grpo_loss_one_update_is_the_reinforce_gradient():
 
 def test_make_grpo_loss_equals_kernel_on_completion_logps():
   params = fakes.init_params(6)
-  batch = _rl_batch(1)
+  batch = fakes.rl_batch(1)
   rng = np.random.default_rng(1)
   batch["old_logps"] = jnp.asarray(np.log(rng.uniform(0.05, 0.5, (4, 4))), jnp.float32)
   batch["ref_logps"] = batch["old_logps"] - 0.1

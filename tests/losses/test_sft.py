@@ -10,38 +10,6 @@ import torch.nn.functional as F
 from jaxpost.losses import sft
 from tests.losses import fakes
 
-# Three examples: (prompt tokens, completion tokens).
-_EXAMPLES = [([1, 2, 3], [4, 5]), ([6], [7, 8, 9, 10]), ([2, 2], [3])]
-
-
-def _unpacked(examples, width=8):
-  """One example per row, right padded; loss_mask on completion tokens."""
-  rows = {k: np.zeros((len(examples), width), np.int32) for k in ("tokens", "segment_ids", "positions", "loss_mask")}
-  for b, (prompt, completion) in enumerate(examples):
-    seq = prompt + completion
-    rows["tokens"][b, :len(seq)] = seq
-    rows["segment_ids"][b, :len(seq)] = 1
-    rows["positions"][b, :len(seq)] = np.arange(len(seq))
-    rows["loss_mask"][b, len(prompt):len(seq)] = 1
-  return {k: jnp.asarray(v) for k, v in rows.items()}
-
-
-def _packed(examples, rows_of_examples, width=11):
-  """Examples concatenated into rows as listed, each with its own segment id and positions."""
-  rows = {k: np.zeros((len(rows_of_examples), width), np.int32)
-          for k in ("tokens", "segment_ids", "positions", "loss_mask")}
-  for r, members in enumerate(rows_of_examples):
-    start = 0
-    for seg, i in enumerate(members, start=1):
-      prompt, completion = examples[i]
-      seq = prompt + completion
-      sl = slice(start, start + len(seq))
-      rows["tokens"][r, sl], rows["segment_ids"][r, sl] = seq, seg
-      rows["positions"][r, sl] = np.arange(len(seq))
-      rows["loss_mask"][r, start + len(prompt):start + len(seq)] = 1
-      start += len(seq)
-  return {k: jnp.asarray(v) for k, v in rows.items()}
-
 
 def _loss(params, batch, cfg=sft.SFTConfig()):
   return sft.make_sft_loss(cfg)(fakes.bind(params), batch, None)
@@ -50,7 +18,7 @@ def _loss(params, batch, cfg=sft.SFTConfig()):
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_sft_loss_matches_torch_cross_entropy(label_smoothing):
   params = fakes.init_params(2)
-  batch = _unpacked(_EXAMPLES)
+  batch = fakes.sft_unpacked(fakes.EXAMPLES)
   loss, metrics = jax.jit(_loss, static_argnums=2)(params, batch, sft.SFTConfig(label_smoothing=label_smoothing))
   logits = torch.tensor(np.asarray(fakes.fake_model(params, batch["tokens"], positions=batch["positions"],
                                                     segment_ids=batch["segment_ids"])), dtype=torch.float64)
@@ -69,8 +37,8 @@ def test_sft_loss_matches_torch_cross_entropy(label_smoothing):
 def test_packed_rows_give_same_loss_and_gradient_as_unpacked():
   params = fakes.init_params(3)
   grad_fn = jax.jit(jax.value_and_grad(lambda p, b: _loss(p, b)[0]))
-  loss_u, grad_u = grad_fn(params, _unpacked(_EXAMPLES))
-  loss_p, grad_p = grad_fn(params, _packed(_EXAMPLES, [[0, 1], [2]]))
+  loss_u, grad_u = grad_fn(params, fakes.sft_unpacked(fakes.EXAMPLES))
+  loss_p, grad_p = grad_fn(params, fakes.sft_packed(fakes.EXAMPLES, [[0, 1], [2]]))
   np.testing.assert_allclose(loss_p, loss_u, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grad_p, grad_u)
 
@@ -78,9 +46,9 @@ def test_packed_rows_give_same_loss_and_gradient_as_unpacked():
 def test_num_loss_tokens_makes_accumulated_micro_batches_equal_one_batch():
   params = fakes.init_params(4)
   grad_fn = jax.jit(jax.value_and_grad(lambda p, b: _loss(p, b)[0]))
-  full_loss, full_grad = grad_fn(params, _unpacked(_EXAMPLES))
-  micro = [_unpacked(_EXAMPLES[:1]), _unpacked(_EXAMPLES[1:])]
-  total_tokens = sum(len(c) for _, c in _EXAMPLES)
+  full_loss, full_grad = grad_fn(params, fakes.sft_unpacked(fakes.EXAMPLES))
+  micro = [fakes.sft_unpacked(fakes.EXAMPLES[:1]), fakes.sft_unpacked(fakes.EXAMPLES[1:])]
+  total_tokens = sum(len(c) for _, c in fakes.EXAMPLES)
   parts = [grad_fn(params, dict(b, num_loss_tokens=jnp.float32(total_tokens))) for b in micro]
   np.testing.assert_allclose(parts[0][0] + parts[1][0], full_loss, rtol=1e-6)
   jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a + b, c, rtol=1e-5, atol=1e-6),
