@@ -1,5 +1,7 @@
 """A tiny decoder, a token-mean cross-entropy loss and random batches for the training-core tests."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,3 +37,31 @@ def random_batch(seed: int, batch: int = 8, length: int = 16, vocab: int = TINY.
   lengths = rng.integers(length // 2, length + 1, batch)
   segment_ids = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
   return {"tokens": tokens * segment_ids, "segment_ids": segment_ids, "loss_mask": segment_ids.copy()}
+
+
+class BatchStream:
+  """Batch i is `random_batch(seed + i)`; the position is i. `delay` seconds per batch mimic a slow data source."""
+
+  def __init__(self, *, seed: int = 0, batch: int = 8, delay: float = 0.0, nan_at: int | None = None):
+    self.seed, self.batch, self.delay, self.nan_at = seed, batch, delay, nan_at
+    self.index = 0
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    time.sleep(self.delay)
+    out = random_batch(self.seed + self.index, batch=self.batch)
+    self.index += 1
+    if self.nan_at is not None:  # a poison column that `nan_loss` adds to the loss
+      out["poison"] = np.full((self.batch,), np.nan if self.index == self.nan_at else 0.0, np.float32)
+    return out
+
+  def get_state(self) -> dict:
+    return {"index": self.index}
+
+  def set_state(self, state: dict) -> None:
+    self.index = state["index"]
+
+
+def nan_loss(model, batch, rng):
+  """`xent_loss` plus the batch's poison column (NaN on the poisoned batch)."""
+  loss, metrics = xent_loss(model, batch, rng)
+  return loss + batch["poison"].sum(), metrics

@@ -1,0 +1,82 @@
+"""Checkpoints: restore onto another mesh, damaged or unfinished checkpoints skipped, HF export."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpost.models import from_pretrained
+from jaxpost.train import (CheckpointConfig, Checkpointer, MeshConfig, OptimizerConfig, abstract_state,
+                           create_train_state, export_hf, make_mesh, param_shardings, split_model,
+                           train_state_shardings)
+from tests.train.helpers import random_batch, tiny_model
+
+OPT = OptimizerConfig(trainable=r"layers/0/mlp/")
+GRAPHDEF, HOST_PARAMS = split_model(tiny_model())
+
+
+def _state(mesh, step: int):
+  params = jax.device_put(HOST_PARAMS, param_shardings(HOST_PARAMS, mesh))
+  params = jax.tree.map(lambda x: x + step, params)  # distinct values per saved step
+  state = create_train_state(params, optimizer=OPT, mesh=mesh, seed=step)
+  return state.replace(step=jnp.asarray(step, jnp.int32))
+
+
+def _target(mesh):
+  return abstract_state(*train_state_shardings(HOST_PARAMS, optimizer=OPT, mesh=mesh))
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+  saved = _state(make_mesh(MeshConfig(fsdp=4, tensor=2)), step=3)
+  checkpointer = Checkpointer(str(tmp_path), CheckpointConfig(save_every=1))
+  checkpointer.save(3, saved, {"data": {"index": 3}})
+  checkpointer.wait()
+
+  mesh = make_mesh(MeshConfig(data=2, fsdp=4))
+  state, position = Checkpointer(str(tmp_path), CheckpointConfig()).restore_latest(_target(mesh))
+  assert position == {"data": {"index": 3}} and int(state.step) == 3
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), state, saved)
+  q = state.params["layers"][0]["attn"]["q_proj"]["kernel"]
+  assert q.sharding.mesh.shape == mesh.shape and {s.data.shape for s in q.addressable_shards} == {(8, 32)}
+
+
+def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
+  mesh = make_mesh(MeshConfig(fsdp=8))
+  checkpointer = Checkpointer(str(tmp_path), CheckpointConfig(save_every=1, keep=3))
+  for step in (1, 2):
+    checkpointer.save(step, _state(mesh, step), {"data": {"index": step}})
+  checkpointer.wait()
+  checkpointer.close()
+  # Damage step 2 the way a full disk would: every data file cut to a few bytes.
+  data_files = [f for f in glob.glob(str(tmp_path / "2" / "state" / "**" / "*"), recursive=True)
+                if os.path.isfile(f) and "/d/" in f]
+  assert data_files
+  for f in data_files:
+    with open(f, "r+b") as handle:
+      handle.truncate(3)
+  # An interrupted write leaves only Orbax's temporary directory: it is not a checkpoint.
+  os.makedirs(tmp_path / "3.orbax-checkpoint-tmp-1700000000" / "state")
+
+  checkpointer = Checkpointer(str(tmp_path), CheckpointConfig(save_every=1, keep=3))
+  assert checkpointer.steps() == [1, 2]
+  with pytest.warns(UserWarning, match=r"checkpoint .*/2 could not be restored"):
+    state, position = checkpointer.restore_latest(_target(mesh))
+  assert int(state.step) == 1 and position == {"data": {"index": 1}}
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), state.params, _state(mesh, 1).params)
+  assert checkpointer.steps() == [1] and glob.glob(str(tmp_path / "corrupt-2-*"))
+
+
+def test_no_checkpoint_means_none(tmp_path):
+  assert Checkpointer(str(tmp_path), CheckpointConfig()).restore_latest(_target(make_mesh(MeshConfig()))) is None
+
+
+def test_export_hf_round_trip(tmp_path):
+  mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
+  state = _state(mesh, step=0)
+  export_hf(GRAPHDEF, state.params, str(tmp_path / "hf"))
+  loaded = from_pretrained(str(tmp_path / "hf"))
+  tokens = random_batch(0)["tokens"]
+  np.testing.assert_allclose(loaded(tokens), tiny_model()(tokens), atol=1e-5)
