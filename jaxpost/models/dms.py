@@ -110,14 +110,14 @@ def eviction_bias(a_BxTxK: jax.Array, cfg: DMSConfig, *, mode: str,
   return delayed_eviction_bias(log_keep_BxTxK, cfg.window), evict_BxTxK.astype(jnp.float32)
 
 
-def pop_decisions(model: nnx.Module) -> jax.Array:
-  """Removes the decisions sown by a forward with `dms_mode="soft"` and returns them stacked as [L, B, T, K]."""
-  sown = nnx.pop(model, nnx.Intermediate)
-  found = []
-  for path, value in nnx.to_flat_state(sown):
-    if path[-1] == DECISIONS:
-      layer = next(int(p) for p in path if isinstance(p, int) or str(p).isdigit())
-      found.append((layer, value.get_value()[0]))
-  if not found:
-    raise ValueError("pop_decisions: the model sowed no DMS decisions (run it with dms_mode='soft' first)")
-  return jnp.stack([d for _, d in sorted(found, key=lambda item: item[0])])
+def forward_with_decisions(model: nnx.Module, tokens_BxT: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
+  """(logits [B,T,V], decisions [L,B,T,K]) of a full forward with `dms_mode="soft"` (noisy when `dms_rng` is given).
+
+  The decisions are the straight-through hard ones, 1[l > 0]: without noise exactly the inference rule a > 0.
+  """
+  logits_BxTxV, sown = nnx.capture(model, nnx.Intermediate)(tokens_BxT, dms_mode="soft", **kwargs)
+  by_layer = {path[path.index("layers") + 1]: var.get_value()[-1]
+              for path, var in nnx.to_flat_state(sown) if path[-1] == DECISIONS}
+  if not by_layer:
+    raise ValueError("forward_with_decisions: the model sowed no DMS decisions (ModelConfig.dms is None?)")
+  return logits_BxTxV, jnp.stack([by_layer[i] for i in sorted(by_layer)])
