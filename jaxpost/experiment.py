@@ -1,0 +1,124 @@
+"""The experiment command line: `python -m experiments.NAME --workdir DIR --config.KEY=VALUE ...`.
+
+An experiment module defines `get_config() -> ml_collections.ConfigDict` and `main(config, workdir)`, and ends with
+`if __name__ == "__main__": run_experiment(get_config, main)`. Overrides use dotted keys (`--config.optimizer.
+learning_rate=3e-4` or `--config.optimizer.learning_rate 3e-4`); each value is parsed to the type of the field it
+replaces, and an unknown key is refused with the closest valid one suggested. Running the same command on the same
+workdir resumes (the trainer restores the newest checkpoint there); the config used is kept in workdir/config.json.
+"""
+
+import ast
+import difflib
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxpost.train.mesh import initialize_distributed
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(_flat_keys(value, f"{prefix}{key}."))
+  return keys
+
+
+def _parse_value(key: str, text: str, field_type: type) -> Any:
+  """`text` as a `field_type` value (any Python literal, or the raw string, when the field is None)."""
+  try:
+    if field_type is bool:
+      if text.lower() not in _TRUE + _FALSE:
+        raise ValueError
+      return text.lower() in _TRUE
+    if field_type in (int, float, str):
+      return field_type(text)
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if field_type is type(None):
+      return text
+    raise ValueError(f"--config.{key}: cannot parse {text!r} as {field_type.__name__}") from None
+  if field_type in (tuple, list) and isinstance(value, (tuple, list)):
+    return field_type(value)
+  if field_type is not type(None) and not isinstance(value, field_type):
+    raise ValueError(f"--config.{key}: {text!r} is not a {field_type.__name__}")
+  return value
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Sets the dotted `key` of `config` from the command-line string `text`."""
+  *parents, leaf = key.split(".")
+  node = config
+  for i, part in enumerate(parents + [leaf]):
+    is_group = isinstance(node, ml_collections.ConfigDict)
+    if not is_group or part not in node:
+      close = difflib.get_close_matches(key, _flat_keys(config), n=1)
+      hint = f"; did you mean --config.{close[0]}?" if close else ""
+      raise ValueError(f"unknown config key --config.{key}{hint}")
+    if i < len(parents):
+      node = node[part]
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise ValueError(f"--config.{key} is a group of settings; set its fields, e.g. --config.{key}.NAME=VALUE")
+  node[leaf] = _parse_value(key, text, node.get_type(leaf))
+
+
+def parse_args(argv: Sequence[str], config: ml_collections.ConfigDict) -> str:
+  """Applies the `--config.KEY` overrides in `argv` to `config` and returns the `--workdir`."""
+  workdir, args = None, list(argv)
+  while args:
+    arg = args.pop(0)
+    name, has_value, value = arg.partition("=")
+    if name not in ("--workdir",) and not name.startswith("--config."):
+      raise ValueError(f"unexpected argument {arg!r}; usage: --workdir DIR [--config.KEY=VALUE ...]")
+    if not has_value:
+      if not args:
+        raise ValueError(f"{name} needs a value")
+      value = args.pop(0)
+    if name == "--workdir":
+      workdir = value
+    else:
+      apply_override(config, name[len("--config."):], value)
+  if workdir is None:
+    raise ValueError("--workdir DIR is required (a new directory, or an existing one to resume)")
+  return workdir
+
+
+def _record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes workdir/config.json; warns when resuming a workdir that was started with a different config."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      if json.load(f) != current:
+        warnings.warn(f"{path}: this workdir was started with a different config; continuing with the new one")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(current, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def run_experiment(get_config: Callable[[], ml_collections.ConfigDict],
+                   main: Callable[[ml_collections.ConfigDict, str], Any], argv: Sequence[str] | None = None) -> Any:
+  """Parses the command line (default `sys.argv[1:]`), records the config and calls `main(config, workdir)`.
+
+  A bad command line exits with a one-line error on stderr (status 2).
+  """
+  config = get_config()
+  try:
+    workdir = parse_args(sys.argv[1:] if argv is None else argv, config)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
+  initialize_distributed()
+  if jax.process_index() == 0:
+    _record_config(config, workdir)
+  return main(config, workdir)

@@ -1,0 +1,63 @@
+"""The experiment command line: typed overrides, unknown keys refused with a suggestion, config recorded."""
+
+import json
+
+import ml_collections
+import pytest
+
+from jaxpost.experiment import apply_override, parse_args, run_experiment
+
+
+def _config():
+  return ml_collections.ConfigDict(dict(
+      total_steps=10, learning_rate=1e-3, name="sft", use_packing=True, eval_every=None, sizes=(1, 2),
+      optimizer=dict(warmup_steps=5, schedule="cosine")))
+
+
+def test_overrides_are_parsed_to_the_field_types():
+  config = _config()
+  workdir = parse_args(["--workdir", "/tmp/x", "--config.total_steps=20", "--config.learning_rate", "3e-4",
+                        "--config.name=grpo", "--config.use_packing=false", "--config.eval_every=50",
+                        "--config.sizes=(4, 8, 16)", "--config.optimizer.warmup_steps=0"], config)
+  assert workdir == "/tmp/x"
+  assert config.total_steps == 20 and isinstance(config.total_steps, int)
+  assert config.learning_rate == 3e-4 and config.name == "grpo" and config.use_packing is False
+  assert config.eval_every == 50 and config.sizes == (4, 8, 16) and config.optimizer.warmup_steps == 0
+  apply_override(config, "learning_rate", "1")
+  assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.lerning_rate=1"], r"unknown config key --config.lerning_rate; did you mean --config.learning_rate\?"),
+    (["--config.optimizer.warmup=1"], r"did you mean --config.optimizer.warmup_steps\?"),
+    (["--config.zzz=1"], r"^unknown config key --config.zzz$"),
+    (["--config.total_steps=ten"], r"--config.total_steps: cannot parse 'ten' as int"),
+    (["--config.use_packing=maybe"], r"cannot parse 'maybe' as bool"),
+    (["--config.sizes=3"], r"'3' is not a tuple"),
+    (["--config.optimizer=1"], r"is a group of settings"),
+    (["--lr=1"], r"unexpected argument '--lr=1'"),
+])
+def test_bad_overrides_are_refused(args, message):
+  with pytest.raises(ValueError, match=message):
+    parse_args(["--workdir=/tmp/x", *args], _config())
+
+
+def test_workdir_is_required():
+  with pytest.raises(ValueError, match="--workdir DIR is required"):
+    parse_args(["--config.total_steps=3"], _config())
+
+
+def test_run_experiment_exits_with_one_line_and_records_the_config(tmp_path, capsys):
+  calls = []
+  main = lambda config, workdir: calls.append((config.total_steps, workdir))
+  with pytest.raises(SystemExit) as exit_info:
+    run_experiment(_config, main, ["--workdir", str(tmp_path), "--config.totl_steps=3"])
+  assert exit_info.value.code == 2 and not calls
+  err = capsys.readouterr().err
+  assert err == "error: unknown config key --config.totl_steps; did you mean --config.total_steps?\n"
+
+  run_experiment(_config, main, ["--workdir", str(tmp_path), "--config.total_steps=3"])
+  assert calls == [(3, str(tmp_path))]
+  assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 3
+  with pytest.warns(UserWarning, match="different config"):
+    run_experiment(_config, main, ["--workdir", str(tmp_path), "--config.total_steps=4"])
