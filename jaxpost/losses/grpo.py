@@ -97,7 +97,9 @@ def log_importance_ratio(logps_BxC: Array, old_logps_BxC: Array, mask_BxC: Array
 
   The sequence level uses GSPO-token's form sg(mean_t lr) + logp - sg(logp): equal in value to TRL's
   `importance_sampling_level="sequence"` and in gradient whenever A is constant along the row (each token gets
-  s * dlogp_t, which sums to TRL's s * mean_t dlogp), while also allowing per-token advantages.
+  s * dlogp_t, which sums to TRL's s * mean_t dlogp), while also allowing per-token advantages. (verl `gspo`
+  has the same form and additionally clamps the log ratio at 10; verl `vanilla` clamps lr to [-20, 20]; neither
+  clamp is applied here, as in TRL.)
   """
   lr_BxC = logps_BxC - old_logps_BxC
   if importance_level == "token":

@@ -58,6 +58,14 @@ def prefix_low(step, cfg: PrefixRFTConfig) -> Array:
   return cfg.low_end + 0.5 * (1.0 + jnp.cos(jnp.pi * progress)) * (cfg.low_start - cfg.low_end)
 
 
+def is_prefixed_rollout(batch_size: int, group_size: int, n_prefix: int) -> Array:
+  """Bool [B]: the first `n_prefix` rollouts of each group of `group_size` start from a demonstration prefix."""
+  if batch_size % group_size or not 0 <= n_prefix <= group_size:
+    raise ValueError(f"is_prefixed_rollout: need batch_size % group_size == 0 and 0 <= n_prefix <= group_size, got "
+                     f"{batch_size}, {group_size}, {n_prefix}")
+  return jnp.arange(batch_size) % group_size < n_prefix
+
+
 def sample_prefix_lengths(rng: Array, demo_lens_B: Array, step, cfg: PrefixRFTConfig) -> Array:
   """floor(l * len), l ~ U[low_t, high], bounded to [min_prefix_len, len - 1] (len - 1 wins; never < 0); int32 [B]."""
   low = prefix_low(step, cfg)

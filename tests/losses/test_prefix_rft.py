@@ -178,3 +178,10 @@ def test_config_validates(kwargs, match):
     prefix_rft.PrefixRFTConfig(**kwargs)
   with pytest.raises(ValueError, match="gamma"):
     luffy.LUFFYConfig(gamma=0.0)
+
+
+def test_is_prefixed_rollout_marks_the_first_n_of_each_group():
+  np.testing.assert_array_equal(prefix_rft.is_prefixed_rollout(6, 3, 1), [1, 0, 0, 1, 0, 0])
+  np.testing.assert_array_equal(prefix_rft.is_prefixed_rollout(4, 4, 2), [1, 1, 0, 0])
+  with pytest.raises(ValueError, match="n_prefix"):
+    prefix_rft.is_prefixed_rollout(4, 4, 5)
