@@ -99,6 +99,8 @@ def completion_logps(model: Model, batch: Mapping[str, Array], *, temperature: f
   The logit predicting completion token c sits at sequence index P + c - 1.
   """
   prompt_len = batch["prompt_tokens"].shape[1]
+  if prompt_len == 0:
+    raise ValueError("completion_logps: batch['prompt_tokens'] has width 0; the first completion token needs a prompt")
   tokens_BxT, positions_BxT, segment_ids_BxT = rl_model_inputs(batch)
   logits_BxTxV = _run_model(model, tokens_BxT, positions_BxT, segment_ids_BxT, temperature)
   logits_BxCxV = logits_BxTxV[:, prompt_len - 1:-1]
