@@ -27,7 +27,8 @@ ADVANTAGE_MODES = ("paper", "released")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PrefixRFTConfig:
   """Paper defaults: 1 of G rollouts prefixed; l ~ U[low_t, 0.95] with low_t cosine 0.95 -> 0.05 over 500 steps;
-  top 20% prefix tokens by entropy trained; Dr.GRPO aggregation; no KL."""
+  top 20% prefix tokens by entropy trained; Dr.GRPO aggregation; no KL. The loss reads top_entropy_fraction and
+  policy; the rollout side reads the rest (is_prefixed_rollout, sample_prefix_lengths, prefix_rft_advantages)."""
 
   n_prefix: int = 1
   low_start: float = 0.95
