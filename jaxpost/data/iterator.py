@@ -1,0 +1,127 @@
+"""Deterministic, host-sharded, resumable iteration over examples.
+
+Epoch e visits the items in the order of a permutation drawn from (seed, e); host h of n takes every n-th item of
+it, so hosts see disjoint shards. Batches are `batch_size` consecutive units (single items, or packed rows of
+several items), the remainder is dropped so shapes stay static, and every host yields the same number of batches.
+The position is `{"epoch", "index"}` (index = batches already yielded in the epoch): saving it with a checkpoint
+and calling `restore` on a fresh iterator reproduces the remaining batches exactly.
+"""
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from jaxpost.data import batching
+from jaxpost.data.tokenize import TokenizedExample, encode_prompt
+
+Units = list[list[int]]  # Each unit is a list of item indices: one item, or the items packed into one row.
+
+
+def _singletons(items: list[int]) -> Units:
+  return [[i] for i in items]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IteratorConfig:
+  """Batch size per host (in rows), shuffling seed, and the number of epochs (None: repeat forever)."""
+
+  batch_size: int
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int | None = None
+
+  def __post_init__(self):
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    if self.num_epochs is not None and self.num_epochs < 1:
+      raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
+
+
+class DataIterator:
+  """Yields `make_batch(units)` for successive groups of `batch_size` units; see the module docstring."""
+
+  def __init__(self, num_items: int, make_batch: Callable[[Units], Any], cfg: IteratorConfig, *,
+               process_index: int = 0, process_count: int = 1,
+               group: Callable[[list[int]], Units] | None = None):
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
+    self._num_items, self._make_batch, self._group = num_items, make_batch, group
+    self._cfg = cfg
+    self._process_index, self._process_count = process_index, process_count
+    self._epoch, self._index = 0, 0
+    self._cached_epoch, self._units = -1, []
+    if not self._epoch_units(0):
+      raise ValueError(f"{num_items} items over {process_count} hosts do not fill one batch of {cfg.batch_size}")
+
+  def _epoch_units(self, epoch: int) -> Units:
+    """This host's units for `epoch`, truncated so all hosts yield equally many whole batches."""
+    if epoch != self._cached_epoch:
+      order = np.arange(self._num_items)
+      if self._cfg.shuffle:
+        order = np.random.default_rng([self._cfg.seed, epoch]).permutation(self._num_items)
+      per_host = self._num_items // self._process_count
+      shards = [order[h::self._process_count][:per_host].tolist() for h in range(self._process_count)]
+      group = self._group or _singletons
+      n_units = min(len(group(s)) for s in shards)
+      units = group(shards[self._process_index])
+      self._units = units[: n_units - n_units % self._cfg.batch_size]
+      self._cached_epoch = epoch
+    return self._units
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    units = self._epoch_units(self._epoch)
+    if self._index * self._cfg.batch_size >= len(units):
+      self._epoch, self._index = self._epoch + 1, 0
+      units = self._epoch_units(self._epoch)
+    if self._cfg.num_epochs is not None and self._epoch >= self._cfg.num_epochs:
+      raise StopIteration
+    start = self._index * self._cfg.batch_size
+    self._index += 1
+    return self._make_batch(units[start:start + self._cfg.batch_size])
+
+  def state(self) -> dict[str, int]:
+    """The position, JSON-serialisable, for checkpoints."""
+    return {"epoch": self._epoch, "index": self._index}
+
+  def restore(self, state: Mapping[str, int]) -> None:
+    """Moves to a position returned by `state()`."""
+    if set(state) != {"epoch", "index"} or min(state.values()) < 0:
+      raise ValueError(f"iterator state must be {{'epoch': int >= 0, 'index': int >= 0}}, got {dict(state)}")
+    self._epoch, self._index = int(state["epoch"]), int(state["index"])
+
+
+def sft_iterator(examples: Sequence[TokenizedExample], cfg: IteratorConfig, *, seq_len: int, pack: bool = False,
+                 pad_id: int = 0, truncate: bool = False, process_index: int = 0,
+                 process_count: int = 1) -> DataIterator:
+  """SFT batches (see `batching`): `batch_size` rows of `seq_len` tokens, one example per row or packed."""
+
+  def group(items: list[int]) -> Units:
+    rows = batching.pack_rows([len(examples[i]) for i in items], seq_len=seq_len)
+    return [[items[j] for j in row] for row in rows]
+
+  def make_batch(units: Units) -> dict[str, np.ndarray]:
+    rows = [[examples[i] for i in unit] for unit in units]
+    return batching.packed_batch(rows, seq_len=seq_len, pad_id=pad_id, truncate=truncate)
+
+  return DataIterator(len(examples), make_batch, cfg, process_index=process_index, process_count=process_count,
+                      group=group if pack else None)
+
+
+def prompt_iterator(records: Sequence[Mapping[str, str]], tokenizer: Any, cfg: IteratorConfig, *,
+                    prompt_len: int | None = None, process_index: int = 0, process_count: int = 1) -> DataIterator:
+  """RL prompt batches: left-padded `prompt_tokens`/`prompt_mask` [B, P] and the batch's `records` (a list)."""
+  prompts = [encode_prompt(tokenizer, r["prompt"]) for r in records]
+  longest = max(len(p) for p in prompts)
+  prompt_len = longest if prompt_len is None else prompt_len
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+  def make_batch(units: Units) -> dict[str, Any]:
+    items = [unit[0] for unit in units]
+    batch = batching.prompt_batch([prompts[i] for i in items], prompt_len=prompt_len, pad_id=pad_id)
+    return {**batch, "records": [records[i] for i in items]}
+
+  return DataIterator(len(records), make_batch, cfg, process_index=process_index, process_count=process_count)
