@@ -32,6 +32,10 @@ _TEMPLATES = {
              ("(a+b-d)*c", (("a", "+", "b"), ("_", "-", "d"), ("_", "*", "c"))),
              ("a*c+b-d", (("a", "*", "c"), ("_", "+", "b"), ("_", "-", "d")))),
 }
+# The grammar of a worked solution (for format rewards): blocks of header, digit lines, result.
+_DIGIT_LINE = r"(?:\d\+\d\+\d=\d\d|\d-\d-\d=\db[01]|\d\*\d\+\d=\d\d)"
+_BLOCK = rf"\d+[-+*]\d+(?:\n{_DIGIT_LINE})+\n=\d+"
+SOLUTION_PATTERN = rf"{_BLOCK}(?:\n{_BLOCK})*"
 _MAX_DIGITS = {"easy": 3, "medium": 3, "hard": 4}
 _MIN_DIGITS = {"easy": 1, "medium": 1, "hard": 2}
 
