@@ -104,11 +104,16 @@ class IsolatedReward:
     timeouts, errors = 0, []
     while pending or any(w.index is not None for w in self._workers):
       now = time.monotonic()
-      for w in self._workers:
+      for w in list(self._workers):
         if w.ready and w.index is None and pending:
-          w.index = pending.popleft()
-          w.deadline = now + self._timeout_s
-          w.conn.send((w.index, (prompts[w.index], completions[w.index], answers[w.index])))
+          index = pending.popleft()
+          try:
+            w.conn.send((index, (prompts[index], completions[index], answers[index])))
+          except (BrokenPipeError, OSError):  # Died while idle: replace it, the item waits for another.
+            pending.appendleft(index)
+            self._replace(w)
+            continue
+          w.index, w.deadline = index, now + self._timeout_s
       waiting = [w for w in self._workers if not w.ready or w.index is not None]
       next_deadline = min(w.deadline if w.ready else w.started + self._startup_timeout_s for w in waiting)
       ready_conns = multiprocessing.connection.wait([w.conn for w in waiting], max(0.0, next_deadline - now))

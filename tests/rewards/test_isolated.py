@@ -47,6 +47,10 @@ def test_dead_worker_is_replaced():
     with pytest.warns(RuntimeWarning, match=r"1 failed \(first error: worker died \(exit 3\)\)"):
       rewards = reward(["a", "b"], ["die", "cc"], ["x", "y"])
     np.testing.assert_array_equal(rewards, [0, 4])
+    reward._workers[0].process.kill()  # Dies while idle, between calls: replaced before its item is lost.
+    reward._workers[0].process.join()
+    np.testing.assert_array_equal(reward(["a"], ["b"], ["c"]), [3])
+    assert reward.stats == {"items": 3, "timeouts": 0, "errors": 1}
 
 
 def test_rejects_fork_and_bad_lengths():
