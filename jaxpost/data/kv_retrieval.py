@@ -1,0 +1,81 @@
+"""A generated long-context key-value lookup task, where KV-cache eviction mistakes show.
+
+A prompt lists `num_pairs` distinct pairs `key=value;` then asks for one key; the completion is its value:
+
+  qf=381;bt=907;za=112;...;mc=640;?bt=    ->    907
+
+Keys are lowercase letters, values digits, so every character is one token of the embedded character tokenizer.
+The queried pair's depth (its index among the pairs) is uniform, or fixed with `depth` to probe one distance.
+Each problem belongs to one split by a hash of its prompt, as for the arithmetic tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import string
+
+SPLITS = ("train", "test")
+TEST_FRACTION_PER_MILLE = 100
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KVRetrievalConfig:
+  """Shape of the problems; a prompt is about num_pairs * (key_len + value_len + 2) + key_len + 2 characters."""
+
+  num_pairs: int = 16
+  key_len: int = 2
+  value_len: int = 3
+  depth: int | None = None  # index of the queried pair; None: uniform over the pairs
+
+  def __post_init__(self):
+    for name in ("num_pairs", "key_len", "value_len"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"KVRetrievalConfig: {name} must be a positive int, got {value!r}")
+    if self.num_pairs > len(string.ascii_lowercase) ** self.key_len:
+      raise ValueError(f"KVRetrievalConfig: {self.num_pairs} pairs need more distinct keys than key_len="
+                       f"{self.key_len} letters give")
+    if self.depth is not None and not 0 <= self.depth < self.num_pairs:
+      raise ValueError(f"KVRetrievalConfig: depth must be in [0, num_pairs={self.num_pairs}), got {self.depth}")
+
+  @property
+  def prompt_len(self) -> int:
+    """Characters (= tokens of the character tokenizer) in every prompt, before any chat template."""
+    return self.num_pairs * (self.key_len + self.value_len + 2) + self.key_len + 2
+
+
+def split_of(prompt: str) -> str:
+  """The split a problem belongs to, from a hash of its prompt (about 10% test)."""
+  h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
+  return "test" if h % 1000 < TEST_FRACTION_PER_MILLE else "train"
+
+
+def _sample(rng: random.Random, cfg: KVRetrievalConfig) -> dict[str, str]:
+  keys: list[str] = []
+  while len(keys) < cfg.num_pairs:
+    key = "".join(rng.choice(string.ascii_lowercase) for _ in range(cfg.key_len))
+    if key not in keys:
+      keys.append(key)
+  values = ["".join(rng.choice(string.digits) for _ in range(cfg.value_len)) for _ in keys]
+  depth = rng.randrange(cfg.num_pairs) if cfg.depth is None else cfg.depth
+  listing = "".join(f"{key}={value};" for key, value in zip(keys, values))
+  return {"prompt": f"{listing}?{keys[depth]}=", "completion": values[depth], "answer": values[depth]}
+
+
+def make_dataset(split: str, n: int, seed: int = 0,
+                 cfg: KVRetrievalConfig = KVRetrievalConfig()) -> list[dict[str, str]]:
+  """`n` records {"prompt", "completion", "answer"} from `split`, the same for the same arguments."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  if n < 0:
+    raise ValueError(f"n must be >= 0, got {n}")
+  rng = random.Random(f"jaxpost.kv_retrieval/{split}/{seed}/{cfg}")
+  records = []
+  while len(records) < n:
+    record = _sample(rng, cfg)
+    if split_of(record["prompt"]) == split:
+      records.append(record)
+  return records
+

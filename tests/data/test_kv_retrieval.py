@@ -1,0 +1,69 @@
+"""The generated key-value lookup task: answers checked by an independent parse, splits, depth, tokenisation."""
+
+import re
+
+import pytest
+
+from jaxpost.data import kv_retrieval as kvr
+from jaxpost.data.char_tokenizer import UNK, arith_tokenizer
+
+
+def _parse(prompt: str) -> tuple[list[tuple[str, str]], str]:
+  pairs = re.findall(r"([a-z]+)=([0-9]+);", prompt)
+  query = re.fullmatch(r"(?:[a-z]+=[0-9]+;)+\?([a-z]+)=", prompt).group(1)
+  return pairs, query
+
+
+def test_records_answer_the_queried_key():
+  cfg = kvr.KVRetrievalConfig(num_pairs=12, key_len=2, value_len=3)
+  records = kvr.make_dataset("train", 50, seed=3, cfg=cfg)
+  depths = set()
+  for record in records:
+    pairs, query = _parse(record["prompt"])
+    keys = [key for key, _ in pairs]
+    assert len(pairs) == 12 and len(set(keys)) == 12
+    assert all(len(key) == 2 and len(value) == 3 for key, value in pairs)
+    assert record["answer"] == record["completion"] == dict(pairs)[query]
+    assert len(record["prompt"]) == cfg.prompt_len
+    depths.add(keys.index(query))
+  assert len(depths) > 6  # the queried depth varies
+
+
+def test_fixed_depth_and_determinism():
+  cfg = kvr.KVRetrievalConfig(num_pairs=8, depth=0)
+  records = kvr.make_dataset("test", 10, seed=1, cfg=cfg)
+  assert records == kvr.make_dataset("test", 10, seed=1, cfg=cfg)
+  assert records != kvr.make_dataset("test", 10, seed=2, cfg=cfg)
+  for record in records:
+    pairs, query = _parse(record["prompt"])
+    assert pairs[0][0] == query
+
+
+def test_splits_are_disjoint_by_prompt():
+  cfg = kvr.KVRetrievalConfig(num_pairs=2, key_len=1, value_len=1)  # small space: collisions are likely
+  train = {r["prompt"] for r in kvr.make_dataset("train", 2000, cfg=cfg)}
+  test = {r["prompt"] for r in kvr.make_dataset("test", 200, cfg=cfg)}
+  assert train and test and not train & test
+
+
+def test_every_character_is_one_token_of_the_embedded_tokenizer():
+  tokenizer = arith_tokenizer()
+  record = kvr.make_dataset("train", 1, cfg=kvr.KVRetrievalConfig(num_pairs=30))[0]
+  ids = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
+  assert len(ids) == len(record["prompt"]) and tokenizer.convert_tokens_to_ids(UNK) not in ids
+  assert tokenizer.decode(ids) == record["prompt"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_pairs=0), "num_pairs must be a positive int"),
+    (dict(num_pairs=27, key_len=1), "more distinct keys"),
+    (dict(num_pairs=4, depth=4), "depth must be in"),
+])
+def test_bad_config_is_refused(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    kvr.KVRetrievalConfig(**kwargs)
+
+
+def test_bad_split_is_refused():
+  with pytest.raises(ValueError, match="split must be one of"):
+    kvr.make_dataset("dev", 1)
