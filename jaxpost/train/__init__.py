@@ -1,7 +1,7 @@
 """Training core: mesh and partition rules, train state and optimizer, the jitted step, checkpoints, metrics, loop."""
 
 from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer, abstract_state, export_hf
-from jaxpost.train.loop import DataIterator, NonFiniteLossError, TrainConfig, train
+from jaxpost.train.loop import DataIterator, NonFiniteLossError, TrainConfig, check_finite, initial_state, train
 from jaxpost.train.mesh import MESH_AXES, MeshConfig, initialize_distributed, make_mesh
 from jaxpost.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from jaxpost.train.partition import (BATCH_AXES, DEFAULT_RULES, Rules, batch_sharding, param_shardings, path_str,
@@ -13,8 +13,8 @@ from jaxpost.train.step import DENOMINATOR, LossFn, accumulate_gradients, make_t
 __all__ = [
     "BATCH_AXES", "CheckpointConfig", "Checkpointer", "DEFAULT_RULES", "DENOMINATOR", "DataIterator", "LossFn",
     "MESH_AXES", "METRICS_FILE", "MeshConfig", "MetricsWriter", "NonFiniteLossError", "OptimizerConfig", "Rules",
-    "TrainConfig", "TrainState", "abstract_state", "accumulate_gradients", "batch_sharding", "create_train_state",
-    "decay_mask", "export_hf", "init_params", "initialize_distributed", "make_mesh", "make_optimizer",
+    "TrainConfig", "TrainState", "abstract_state", "accumulate_gradients", "batch_sharding", "check_finite", "create_train_state",
+    "decay_mask", "export_hf", "init_params", "initial_state", "initialize_distributed", "make_mesh", "make_optimizer",
     "make_schedule", "make_train_step", "param_shardings", "path_str", "read_metrics", "shard_batch", "spec_for",
     "split_model", "train", "train_state_shardings", "train_step", "trainable_mask",
 ]

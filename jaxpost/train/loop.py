@@ -16,8 +16,9 @@ from typing import Protocol
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer, abstract_state, export_hf
+from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer, abstract_state
 from jaxpost.train.mesh import MeshConfig, initialize_distributed, make_mesh
 from jaxpost.train.metrics import MetricsWriter
 from jaxpost.train.partition import DEFAULT_RULES, Rules, param_shardings, shard_batch
@@ -51,13 +52,15 @@ class TrainConfig:
   mesh: MeshConfig = MeshConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
-  export_hf: bool = False  # write the final model to workdir/hf as a Hugging Face checkpoint
+  eval_every: int | None = None  # with `train(evaluate=...)`: every this many steps, and at the last step
   progress: bool = True
 
   def __post_init__(self):
     if self.total_steps < 1 or self.num_microbatches < 1:
       raise ValueError(f"TrainConfig: total_steps and num_microbatches must be >= 1, got {self.total_steps}, "
                        f"{self.num_microbatches}")
+    if self.eval_every is not None and self.eval_every < 0:
+      raise ValueError(f"TrainConfig.eval_every must be >= 0 or None, got {self.eval_every}")
 
 
 def _tokens_in(batch: dict) -> int:
@@ -65,52 +68,66 @@ def _tokens_in(batch: dict) -> int:
   return sum(np.size(v) for k, v in batch.items() if k.endswith("tokens")) * jax.process_count()
 
 
-def _initial_state(model_fn, cfg: TrainConfig, mesh, rules: Rules, checkpointer: Checkpointer, data: DataIterator):
-  """(graphdef, state): restored from the newest checkpoint (and `data` moved to its position), else fresh."""
+def initial_state(model_fn: Callable[[], nnx.Module], *, optimizer: OptimizerConfig, seed: int, mesh: Mesh,
+                  rules: Rules, checkpointer: Checkpointer, data: DataIterator) -> tuple[nnx.GraphDef, TrainState]:
+  """(graphdef, state): restored from the newest readable checkpoint (and `data` moved to its position), else
+  fresh from `model_fn()` with its params placed by `rules`. Prints a line when resuming."""
   graphdef, params_shapes = split_model(nnx.eval_shape(model_fn))
-  shapes, shardings = train_state_shardings(params_shapes, optimizer=cfg.optimizer, mesh=mesh, rules=rules)
+  shapes, shardings = train_state_shardings(params_shapes, optimizer=optimizer, mesh=mesh, rules=rules)
   restored = checkpointer.restore_latest(abstract_state(shapes, shardings))
   if restored is not None:
     state, position = restored
     data.set_state(position["data"])
+    if jax.process_index() == 0:
+      print(f"resuming from step {int(state.step)} of {checkpointer.directory}", file=sys.stderr)
     return graphdef, state
   _, params = split_model(model_fn())
   params = jax.device_put(params, param_shardings(params, mesh, rules))
-  return graphdef, create_train_state(params, optimizer=cfg.optimizer, mesh=mesh, rules=rules, seed=cfg.seed)
+  return graphdef, create_train_state(params, optimizer=optimizer, mesh=mesh, rules=rules, seed=seed)
+
+
+def check_finite(metrics: dict[str, float], step: int, checkpointer: Checkpointer) -> None:
+  """Raises NonFiniteLossError, naming the last good checkpoint, when the loss or grad norm is NaN or Inf."""
+  bad = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics and not np.isfinite(metrics[k])}
+  if bad:
+    checkpointer.wait()
+    last = checkpointer.steps()
+    raise NonFiniteLossError(
+        f"non-finite {', '.join(f'{k} {v}' for k, v in bad.items())} at step {step}; stopped. Last good "
+        f"checkpoint: {f'step {last[-1]}' if last else 'none'} in {checkpointer.directory}")
 
 
 def train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, data: DataIterator, workdir: str,
-          cfg: TrainConfig, rules: Rules = DEFAULT_RULES) -> tuple[nnx.GraphDef, TrainState]:
+          cfg: TrainConfig, evaluate: Callable[[nnx.Module], dict[str, float]] | None = None,
+          rules: Rules = DEFAULT_RULES) -> tuple[nnx.GraphDef, TrainState]:
   """Trains `model_fn()` (called only for a fresh run; e.g. a random init or `from_pretrained`) on `data`.
 
+  `evaluate(model)` metrics are recorded under `eval/` every `cfg.eval_every` steps and at the last step.
   Returns (graphdef, final state); `nnx.merge(graphdef, state.params)` is the trained model.
   """
   initialize_distributed()
   mesh = make_mesh(cfg.mesh)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
-  graphdef, state = _initial_state(model_fn, cfg, mesh, rules, checkpointer, data)
+  graphdef, state = initial_state(model_fn, optimizer=cfg.optimizer, seed=cfg.seed, mesh=mesh, rules=rules,
+                                  checkpointer=checkpointer, data=data)
   step_fn = make_train_step(graphdef=graphdef, loss_fn=loss_fn, optimizer=cfg.optimizer, mesh=mesh,
                             state_shardings=jax.tree.map(lambda x: x.sharding, state),
                             num_microbatches=cfg.num_microbatches)
   start = int(state.step)
-  if start and jax.process_index() == 0:
-    print(f"resuming from step {start} of {checkpointer.directory}", file=sys.stderr)
   writer = MetricsWriter(workdir, start_step=start, total_steps=cfg.total_steps, progress=cfg.progress)
   clock = [time.perf_counter()]
 
-  def log(step: int, metrics, tokens: int) -> None:
-    """Fetches the step's metrics (waiting for it), records them, and stops on a non-finite loss."""
+  def fetch(metrics, tokens: int) -> dict[str, float]:
+    """The step's metrics on the host (waiting for the step), with tokens/s since the previous fetch."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     now = time.perf_counter()
     values["tokens_per_s"] = tokens / max(now - clock[0], 1e-9)
     clock[0] = now
+    return values
+
+  def record(step: int, values: dict[str, float]) -> None:
     writer.write(step, values)
-    if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
-      checkpointer.wait()
-      last = checkpointer.steps()
-      raise NonFiniteLossError(
-          f"non-finite loss {values['loss']} / grad norm {values['grad_norm']} at step {step}; stopped. Last good "
-          f"checkpoint: {f'step {last[-1]}' if last else 'none'} in {checkpointer.directory}")
+    check_finite(values, step, checkpointer)
 
   try:
     pending = None  # the previous step's metrics, fetched after the next step is dispatched (keeps the device busy)
@@ -119,16 +136,23 @@ def train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, data: DataIter
       position = data.get_state()
       state, metrics = step_fn(state, shard_batch(batch, mesh))
       if pending is not None:
-        log(*pending)
+        record(pending[0], fetch(*pending[1:]))
       pending = (step + 1, metrics, _tokens_in(batch))
-      if checkpointer.due(step + 1) or step + 1 == cfg.total_steps:
-        log(*pending)  # never checkpoint a state that follows a non-finite loss
+      done = step + 1
+      eval_due = evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or
+                                           done == cfg.total_steps)
+      save_due = checkpointer.due(done) or done == cfg.total_steps
+      if eval_due or save_due:  # wait for this step: never evaluate or checkpoint after a non-finite loss
+        values = fetch(*pending[1:])
         pending = None
-        checkpointer.save(step + 1, state, {"data": position})
+        if eval_due and np.isfinite(values["loss"]):
+          values.update({f"eval/{k}": v for k, v in evaluate(nnx.merge(graphdef, state.params)).items()})
+          clock[0] = time.perf_counter()
+        record(done, values)
+        if save_due:
+          checkpointer.save(done, state, {"data": position})
   finally:
     checkpointer.wait()
     checkpointer.close()
     writer.close()
-  if cfg.export_hf:
-    export_hf(graphdef, state.params, os.path.join(workdir, "hf"))
   return graphdef, state

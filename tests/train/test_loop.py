@@ -2,25 +2,53 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from jaxpost.train import (CheckpointConfig, Checkpointer, MeshConfig, MetricsWriter, NonFiniteLossError,
-                           OptimizerConfig, TrainConfig, read_metrics, train)
-from tests.train.helpers import BatchStream, nan_loss, tiny_model
+                           OptimizerConfig, TrainConfig, abstract_state, make_mesh, read_metrics, split_model, train,
+                           train_state_shardings)
+from tests.train.helpers import BatchStream, nan_loss, tiny_model, xent_loss
+
+
+def _embed_norm(model) -> dict[str, float]:
+  return {"embed_norm": float(np.linalg.norm(np.asarray(model.embed.embedding[...])))}
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
-  cfg = TrainConfig(total_steps=10, mesh=MeshConfig(data=2, fsdp=4), progress=False,
-                    optimizer=OptimizerConfig(learning_rate=1e-3, total_steps=10),
-                    checkpoint=CheckpointConfig(save_every=2, keep=5))
-  with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan .* at step 6.*Last good checkpoint: step 4"):
-    train(model_fn=tiny_model, loss_fn=nan_loss, data=BatchStream(nan_at=6), workdir=str(tmp_path), cfg=cfg)
-  assert Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig()).steps() == [2, 4]
+  optimizer = OptimizerConfig(learning_rate=1e-2, total_steps=10)
+  cfg = TrainConfig(total_steps=10, mesh=MeshConfig(data=2, fsdp=4), progress=False, optimizer=optimizer,
+                    checkpoint=CheckpointConfig(save_every=2, keep=5), eval_every=3)
+  with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan.* at step 6.*Last good checkpoint: step 4"):
+    train(model_fn=tiny_model, loss_fn=nan_loss, data=BatchStream(nan_at=6), workdir=str(tmp_path), cfg=cfg,
+          evaluate=_embed_norm)
+  checkpointer = Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig())
+  assert checkpointer.steps() == [2, 4]
   records = read_metrics(str(tmp_path))
   assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
   assert all(np.isfinite(r["loss"]) for r in records[:5]) and np.isnan(records[5]["loss"])
   assert {"loss", "grad_norm", "learning_rate", "tokens_per_s", "loss_denominator"} <= set(records[0])
+  # Evaluated on the model after step 3 only (step 6 is non-finite, so not evaluated).
+  assert [r["step"] for r in records if "eval/embed_norm" in r] == [3]
+  _, params = split_model(tiny_model())
+  target = abstract_state(*train_state_shardings(params, optimizer=optimizer, mesh=make_mesh(MeshConfig())))
+  state, position = checkpointer.restore_latest(target)
+  assert int(state.step) == 4 and position == {"data": {"index": 4}}
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
+
+
+def test_evaluate_runs_on_the_trained_model_every_eval_every_steps_and_at_the_end(tmp_path):
+  cfg = TrainConfig(total_steps=5, mesh=MeshConfig(fsdp=8), progress=False,
+                    optimizer=OptimizerConfig(learning_rate=1e-2, total_steps=5),
+                    checkpoint=CheckpointConfig(save_every=100), eval_every=2)
+  graphdef, state = train(model_fn=tiny_model, loss_fn=xent_loss, data=BatchStream(), workdir=str(tmp_path),
+                          cfg=cfg, evaluate=_embed_norm)
+  records = read_metrics(str(tmp_path))
+  assert [r["step"] for r in records if "eval/embed_norm" in r] == [2, 4, 5]
+  final = np.linalg.norm(np.asarray(state.params["embed"]["embedding"]))
+  np.testing.assert_allclose(records[-1]["eval/embed_norm"], final, rtol=1e-6)
+  assert Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig()).steps() == [5]
 
 
 def test_metrics_resume_drops_steps_after_the_checkpoint(tmp_path):
