@@ -39,7 +39,8 @@ def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *, bias: bo
 class Attention(nnx.Module):
   """Grouped-query self-attention with RoPE, optional q/k/v bias (Qwen2) and q/k RMSNorm (Qwen3).
 
-  With `cfg.dms`, each KV head also emits DMS eviction decision logits (from a query neuron or an adapter).
+  With `cfg.dms`, each KV head also emits DMS eviction decision logits (from a query neuron or an adapter) and
+  hands them to the cache, which decides what to evict; without a cache nothing is evicted.
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -77,20 +78,15 @@ class Attention(nnx.Module):
     return q, apply_rope(k, positions_BxT, inv_freq), v, neuron_BxTxK
 
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxT, *, layer: int = 0, cache: KVCache | None = None,
-               residual_BxTxD=None, dms_mode: str = "hard", dms_rng=None):
+               residual_BxTxD=None):
     q, k, v, neuron_BxTxK = self.project(x_BxTxD, positions_BxT)
-    logits_BxTxK = None
-    if self.cfg.dms is not None:
-      x_BxTxK = neuron_BxTxK if neuron_BxTxK is not None else self.dms_proj(self.dms_norm(residual_BxTxD))
-      logits_BxTxK = dms.decision_logits(x_BxTxK, self.cfg.dms)
     if cache is None:
-      bias_BxKxTxT = None
-      if logits_BxTxK is not None:
-        bias_BxKxTxT, decisions_BxTxK = dms.eviction_bias(logits_BxTxK, self.cfg.dms, mode=dms_mode, rng=dms_rng)
-        if dms_mode == "soft":
-          self.sow(nnx.Intermediate, dms.DECISIONS, decisions_BxTxK)
-      out = grouped_attention(q, k, v, mask_BxTxT, bias_BxKxTxT)
+      out = grouped_attention(q, k, v, mask_BxTxT)
     else:
+      logits_BxTxK = None
+      if self.cfg.dms is not None:
+        x_BxTxK = neuron_BxTxK if neuron_BxTxK is not None else self.dms_proj(self.dms_norm(residual_BxTxD))
+        logits_BxTxK = dms.decision_logits(x_BxTxK, self.cfg.dms)
       out, cache = cache.attend(layer, q, k, v, logits_BxTxK)
     b, t = out.shape[:2]
     return self.o_proj(out.reshape(b, t, -1)), cache
@@ -118,10 +114,8 @@ class Block(nnx.Module):
     self.mlp_norm = norm()
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, mask, *, layer: int = 0, cache: KVCache | None = None, dms_mode: str = "hard",
-               dms_rng=None):
-    attn_out, cache = self.attn(self.attn_norm(x), positions, mask, layer=layer, cache=cache, residual_BxTxD=x,
-                                dms_mode=dms_mode, dms_rng=dms_rng)
+  def __call__(self, x, positions, mask, *, layer: int = 0, cache: KVCache | None = None):
+    attn_out, cache = self.attn(self.attn_norm(x), positions, mask, layer=layer, cache=cache, residual_BxTxD=x)
     x = x + attn_out
     return x + self.mlp(self.mlp_norm(x)), cache
 
@@ -139,21 +133,17 @@ class Decoder(nnx.Module):
       self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, rngs)
 
   def __call__(self, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None, cache: KVCache | None = None, dms_mode: str = "hard",
-               dms_rng: jax.Array | None = None):
+               segment_ids: jax.Array | None = None, cache: KVCache | None = None):
     """Logits [B, T, V]; with a cache, `(logits, cache)` after appending these tokens to it.
 
     `segment_ids` (0 = padding) keep packed examples apart; with a cache they only mark which tokens are real.
-    `dms_mode` / `dms_rng` (models with `cfg.dms`, full forward only): see `jaxpost.models.dms.DMS_MODES`.
     """
-    hidden, cache = self.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids, cache=cache,
-                                       dms_mode=dms_mode, dms_rng=dms_rng)
+    hidden, cache = self.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids, cache=cache)
     logits = self.unembed(hidden)
     return logits if cache is None else (logits, cache)
 
-  def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None, dms_mode="hard", dms_rng=None):
+  def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None):
     """Final-normed hidden states [B, T, D] (and the updated cache, or None)."""
-    dms.check_mode(dms_mode)
     b, t = tokens_BxT.shape
     if segment_ids is None:
       segment_ids = jnp.ones((b, t), jnp.int32)
@@ -166,8 +156,7 @@ class Decoder(nnx.Module):
       cache = cache.begin_step(segment_ids != 0)
     x = self.embed(tokens_BxT)
     for i, block in enumerate(self.layers):
-      layer_rng = None if dms_rng is None else jax.random.fold_in(dms_rng, i)
-      x, cache = block(x, positions, mask, layer=i, cache=cache, dms_mode=dms_mode, dms_rng=layer_rng)
+      x, cache = block(x, positions, mask, layer=i, cache=cache)
     if cache is not None:
       cache = cache.end_step()
     return self.final_norm(x), cache
