@@ -5,6 +5,9 @@ token t is evicted; eviction is delayed: query q sees key k without penalty whil
 the decision is a Gumbel-sigmoid relaxation and keys beyond the window get the additive bias log(1 - alpha_{k+1});
 at inference a token is evicted iff a > 0, which the "hard" mode reproduces exactly as a mask.
 
+Eviction lives in the cache the decoder is given: `DMSKVCache` (dms_cache.py) for generation, `SequenceEviction`
+here for a full-sequence forward (training, evaluation); a DMS model run without a cache evicts nothing (teacher).
+
 Letters: B batch, T tokens, S keys, H query heads, K KV heads, D head dim, L layers.
 """
 
@@ -12,14 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.struct
 import jax
 import jax.numpy as jnp
-from flax import nnx
+
+from jaxpost.models.attention import grouped_attention, segment_causal_mask
 
 DMS_VARIANTS = ("query_neuron", "adapter")
-DMS_MODES = ("off", "soft", "hard")  # no eviction (teacher) | training relaxation | inference decisions (a > 0)
+DMS_MODES = ("soft", "hard")  # training relaxation | inference decisions (a > 0)
 MASKED = -1e30  # finite: a query whose keys are all masked gets a uniform row instead of NaN
-DECISIONS = "dms_decisions"  # name of the sown per-layer decisions [B, T, K]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,11 +45,6 @@ class DMSConfig:
       raise ValueError(f"DMSConfig.window must be >= 0, got {self.window}")
     if self.tau <= 0:
       raise ValueError(f"DMSConfig.tau must be positive, got {self.tau}")
-
-
-def check_mode(mode: str) -> None:
-  if mode not in DMS_MODES:
-    raise ValueError(f"dms_mode {mode!r} is not one of {DMS_MODES}")
 
 
 def split_query_neuron(q_BxTxHxD: jax.Array, num_kv_heads: int) -> tuple[jax.Array, jax.Array]:
@@ -94,14 +93,12 @@ def delayed_eviction_bias(log_keep_BxTxK: jax.Array, window: int) -> jax.Array:
 
 
 def eviction_bias(a_BxTxK: jax.Array, cfg: DMSConfig, *, mode: str,
-                  rng: jax.Array | None = None) -> tuple[jax.Array | None, jax.Array | None]:
-  """(attention bias [B,K,T,T] or None, decisions [B,T,K] or None) of one layer in the full forward.
+                  rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(attention bias [B,K,T,T], decisions [B,T,K]) of one layer in the full forward.
 
   soft: bias log sigmoid(-l_{k+1}) of the noisy relaxation, straight-through decisions (for the compression loss).
   hard: no noise, evicted keys beyond the window masked out: exactly what the compressed cache attends to.
   """
-  if mode == "off":
-    return None, None
   if mode == "soft":
     l_BxTxK, decisions_BxTxK = relaxed_decisions(a_BxTxK, cfg, rng)
     return delayed_eviction_bias(jax.nn.log_sigmoid(-l_BxTxK), cfg.window), decisions_BxTxK
@@ -110,14 +107,57 @@ def eviction_bias(a_BxTxK: jax.Array, cfg: DMSConfig, *, mode: str,
   return delayed_eviction_bias(log_keep_BxTxK, cfg.window), evict_BxTxK.astype(jnp.float32)
 
 
-def forward_with_decisions(model: nnx.Module, tokens_BxT: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
-  """(logits [B,T,V], decisions [L,B,T,K]) of a full forward with `dms_mode="soft"` (noisy when `dms_rng` is given).
+@flax.struct.dataclass
+class SequenceEviction:
+  """KVCache-protocol pass for a full-sequence forward with DMS eviction (not a store: it sees the whole sequence).
 
-  The decisions are the straight-through hard ones, 1[l > 0]: without noise exactly the inference rule a > 0.
+  Each layer attends causally within segments with the delayed-eviction bias of `mode` and records its decisions,
+  so `model(tokens, positions=..., segment_ids=..., cache=SequenceEviction.create(...))` returns them.
   """
-  logits_BxTxV, sown = nnx.capture(model, nnx.Intermediate)(tokens_BxT, dms_mode="soft", **kwargs)
-  by_layer = {path[path.index("layers") + 1]: var.get_value()[-1]
-              for path, var in nnx.to_flat_state(sown) if path[-1] == DECISIONS}
-  if not by_layer:
-    raise ValueError("forward_with_decisions: the model sowed no DMS decisions (ModelConfig.dms is None?)")
-  return logits_BxTxV, jnp.stack([by_layer[i] for i in sorted(by_layer)])
+
+  segment_ids_BxT: jax.Array
+  rng: jax.Array | None
+  decisions: tuple[jax.Array, ...] = ()  # per layer [B, T, K], in layer order
+  cfg: DMSConfig = flax.struct.field(pytree_node=False, default=DMSConfig())
+  mode: str = flax.struct.field(pytree_node=False, default="hard")
+
+  @classmethod
+  def create(cls, cfg: DMSConfig, segment_ids_BxT: jax.Array, *, mode: str = "hard",
+             rng: jax.Array | None = None) -> "SequenceEviction":
+    """mode "soft" (noisy when `rng` is given) for training, "hard" for the inference decisions a > 0."""
+    if mode not in DMS_MODES:
+      raise ValueError(f"SequenceEviction: mode {mode!r} is not one of {DMS_MODES}")
+    return cls(segment_ids_BxT=segment_ids_BxT, rng=rng, cfg=cfg, mode=mode)
+
+  def begin_step(self, valid_BxT: jax.Array) -> "SequenceEviction":
+    del valid_BxT  # the segment ids already say which tokens are real
+    return self
+
+  def attend(self, layer, q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, evict_logits_BxTxK=None):
+    if evict_logits_BxTxK is None:
+      raise ValueError("SequenceEviction: the model gave no decision logits (ModelConfig.dms is None)")
+    rng = None if self.rng is None else jax.random.fold_in(self.rng, layer)
+    bias_BxKxTxT, decisions_BxTxK = eviction_bias(evict_logits_BxTxK, self.cfg, mode=self.mode, rng=rng)
+    mask_BxTxT = segment_causal_mask(self.segment_ids_BxT)
+    out = grouped_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxT, bias_BxKxTxT)
+    return out, self.replace(decisions=self.decisions + (decisions_BxTxK,))
+
+  def end_step(self) -> "SequenceEviction":
+    return self
+
+
+def forward(model, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
+            segment_ids: jax.Array | None = None, mode: str = "hard",
+            rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(logits [B,T,V], decisions [L,B,T,K]) of a DMS model over whole sequences with eviction on.
+
+  hard: what the compressed cache computes, token for token; soft: the training relaxation (straight-through
+  decisions, noisy with `rng`). Real tokens of a segment must be contiguous (distances are index differences).
+  """
+  if model.cfg.dms is None:
+    raise ValueError("dms.forward: the model has no DMS settings (ModelConfig.dms is None)")
+  if segment_ids is None:
+    segment_ids = jnp.ones(tokens_BxT.shape, jnp.int32)
+  eviction = SequenceEviction.create(model.cfg.dms, segment_ids, mode=mode, rng=rng)
+  logits_BxTxV, eviction = model(tokens_BxT, positions=positions, segment_ids=segment_ids, cache=eviction)
+  return logits_BxTxV, jnp.stack(eviction.decisions)

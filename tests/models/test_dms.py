@@ -108,28 +108,29 @@ def test_zero_initialised_adapter_model_equals_the_dense_model():
   nnx.update(model, nnx.state(dense))  # same base weights, DMS adapter as initialised
   tokens = np.random.RandomState(3).randint(0, 61, (2, 12))
   want = np.asarray(dense(tokens))
-  # a = -offset < 0: nothing evicted, and the soft bias is ~0
-  np.testing.assert_allclose(np.asarray(dms.forward_with_decisions(model, tokens)[0]), want, atol=1e-5)
-  for mode in ("off", "hard"):
-    np.testing.assert_allclose(np.asarray(model(tokens, dms_mode=mode)), want, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(model(tokens)), want, atol=1e-5)  # no cache: no eviction
+  for mode in ("soft", "hard"):  # a = -offset < 0: nothing evicted, and the soft bias is ~0
+    logits, decisions = dms.forward(model, tokens, mode=mode)
+    np.testing.assert_allclose(np.asarray(logits), want, atol=1e-5)
+    assert not np.any(np.asarray(decisions))
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert n_params == jm.param_count(cfg) == jm.param_count(cfg.replace(dms=None)) + 2 * (48 + 48 * 2 + 2)
 
 
-def test_forward_with_decisions_returns_each_layers_decisions_and_leaves_no_state():
+def test_forward_returns_each_layers_decisions():
   cfg = _cfg()
   model = jm.Decoder(cfg, rngs=nnx.Rngs(0))
   tokens = np.random.RandomState(4).randint(0, 61, (2, 7))
-  logits, decisions = dms.forward_with_decisions(model, tokens)
+  logits, decisions = dms.forward(model, tokens, mode="soft")
   assert logits.shape == (2, 7, 61)
   assert decisions.shape == (2, 2, 7, 2)
   x = model.embed(tokens)  # recompute layer 0's decisions by hand: a = 100 * neuron - 5 > 0
   _, _, _, neuron = model.layers[0].attn.project(model.layers[0].attn_norm(x), jnp.arange(7)[None])
   np.testing.assert_array_equal(np.asarray(decisions[0]), np.asarray(100 * neuron - 5 > 0, np.float32))
-  assert not nnx.state(model, nnx.Intermediate)  # nothing left behind
+  np.testing.assert_array_equal(np.asarray(dms.forward(model, tokens, mode="hard")[1][0]), np.asarray(decisions[0]))
   assert 0 < float(jnp.mean(decisions)) < 1
-  with pytest.raises(ValueError, match="dms_mode"):
-    model(tokens, dms_mode="noisy")
+  with pytest.raises(ValueError, match="mode"):
+    dms.forward(model, tokens, mode="noisy")
 
 
 def test_config_rejects_bad_values():
