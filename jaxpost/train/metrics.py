@@ -50,7 +50,7 @@ class MetricsWriter:
     _truncate_after(workdir, start_step)
     self._file = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
     self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                          purge_step=start_step + 1 if start_step else None)
+                                          purge_step=start_step + 1)
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not progress, dynamic_ncols=True,
                           unit="step")
 
