@@ -12,19 +12,14 @@ import numpy as np
 
 from jaxpost.data.arith import SOLUTION_PATTERN
 from jaxpost.rewards.extract import extract_answer, extract_arith_answer
-from jaxpost.rewards.isolated import IsolatedReward
+from jaxpost.rewards.isolated import IsolatedReward, check_lengths
 
 RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 
 
-def _check_lengths(prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]) -> None:
-  if not len(prompts) == len(completions) == len(answers):
-    raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(completions)} completions, {len(answers)} answers")
-
-
 def arith_exact_match(prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
   """1 where the arithmetic answer line equals the reference integer exactly, else 0."""
-  _check_lengths(prompts, completions, answers)
+  check_lengths(prompts, completions, answers)
   return np.asarray([float(extract_arith_answer(c) == a.strip()) for c, a in zip(completions, answers)],
                     np.float32)
 
@@ -63,7 +58,7 @@ class FormatReward:
     re.compile(self.pattern)  # Fails here, with the regex error, rather than at the first call.
 
   def __call__(self, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-    _check_lengths(prompts, completions, answers)
+    check_lengths(prompts, completions, answers)
     regex = re.compile(self.pattern, re.DOTALL)
     return np.asarray([float(regex.fullmatch(c.strip()) is not None) for c in completions], np.float32)
 

@@ -20,6 +20,12 @@ ItemRewardFn = Callable[[str, str, str], float]  # (prompt, completion, answer) 
 START_METHODS = ("spawn", "forkserver")
 
 
+def check_lengths(prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]) -> None:
+  """The batch reward API takes three equally long sequences."""
+  if not len(prompts) == len(completions) == len(answers):
+    raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(completions)} completions, {len(answers)} answers")
+
+
 def _worker_main(fn: ItemRewardFn, conn) -> None:
   """Worker loop: announce readiness, then answer (index, args) requests until told to stop (None)."""
   conn.send(("ready", None, None))
@@ -95,8 +101,7 @@ class IsolatedReward:
     self._workers[self._workers.index(worker)] = _Worker(self._ctx, self._fn)
 
   def __call__(self, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-    if not len(prompts) == len(completions) == len(answers):
-      raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(completions)} completions, {len(answers)} answers")
+    check_lengths(prompts, completions, answers)
     if not self._workers:
       raise RuntimeError(f"{self.name}: the reward workers were closed")
     rewards_B = np.zeros(len(prompts), np.float32)
