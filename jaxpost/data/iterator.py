@@ -4,7 +4,7 @@ Epoch e visits the items in the order of a permutation drawn from (seed, e); hos
 it, so hosts see disjoint shards. Batches are `batch_size` consecutive units (single items, or packed rows of
 several items), the remainder is dropped so shapes stay static, and every host yields the same number of batches.
 The position is `{"epoch", "index"}` (index = batches already yielded in the epoch): saving it with a checkpoint
-and calling `restore` on a fresh iterator reproduces the remaining batches exactly.
+and calling `set_state` on a fresh iterator reproduces the remaining batches exactly.
 """
 
 import dataclasses
@@ -83,12 +83,12 @@ class DataIterator:
     self._index += 1
     return self._make_batch(units[start:start + self._cfg.batch_size])
 
-  def state(self) -> dict[str, int]:
+  def get_state(self) -> dict[str, int]:
     """The position, JSON-serialisable, for checkpoints."""
     return {"epoch": self._epoch, "index": self._index}
 
-  def restore(self, state: Mapping[str, int]) -> None:
-    """Moves to a position returned by `state()`."""
+  def set_state(self, state: Mapping[str, int]) -> None:
+    """Moves to a position returned by `get_state()`."""
     if set(state) != {"epoch", "index"} or min(state.values()) < 0:
       raise ValueError(f"iterator state must be {{'epoch': int >= 0, 'index': int >= 0}}, got {dict(state)}")
     self._epoch, self._index = int(state["epoch"]), int(state["index"])
@@ -115,8 +115,7 @@ def prompt_iterator(records: Sequence[Mapping[str, str]], tokenizer: Any, cfg: I
                     prompt_len: int | None = None, process_index: int = 0, process_count: int = 1) -> DataIterator:
   """RL prompt batches: left-padded `prompt_tokens`/`prompt_mask` [B, P] and the batch's `records` (a list)."""
   prompts = [encode_prompt(tokenizer, r["prompt"]) for r in records]
-  longest = max(len(p) for p in prompts)
-  prompt_len = longest if prompt_len is None else prompt_len
+  prompt_len = max((len(p) for p in prompts), default=0) if prompt_len is None else prompt_len
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
   def make_batch(units: Units) -> dict[str, Any]:
