@@ -69,11 +69,11 @@ def test_restore_gives_the_same_following_batches(pack):
   reference = make()
   for _ in range(7):
     next(reference)
-  state = json.loads(json.dumps(reference.state()))
+  state = json.loads(json.dumps(reference.get_state()))
   assert state["epoch"] >= 1  # The saved position is past an epoch boundary, and the check spans another.
   expected = list(itertools.islice(reference, 9))
   resumed = make()
-  resumed.restore(state)
+  resumed.set_state(state)
   got = list(itertools.islice(resumed, 9))
   for a, b in zip(expected, got, strict=True):
     for key in a:
@@ -103,4 +103,4 @@ def test_bad_config():
   with pytest.raises(ValueError, match="do not fill one batch"):
     iterator.sft_iterator(_examples(4), iterator.IteratorConfig(batch_size=5), seq_len=8)
   with pytest.raises(ValueError, match="iterator state"):
-    iterator.sft_iterator(_examples(4), iterator.IteratorConfig(batch_size=1), seq_len=8).restore({"epoch": 1})
+    iterator.sft_iterator(_examples(4), iterator.IteratorConfig(batch_size=1), seq_len=8).set_state({"epoch": 1})
