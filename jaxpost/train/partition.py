@@ -6,7 +6,8 @@ their parameters. The first rule whose regex is found in the path wins; leaves n
 
 FSDP shards every matrix's large (model-dim or vocab) dimension over `fsdp`; tensor parallelism splits attention
 heads (q/k/v output dimension, o_proj input dimension) and the MLP hidden dimension (gate/up output, down input)
-over `tensor`. A dimension whose size is not divisible by its mesh axes is replicated instead (for that dimension
+over `tensor`. The embedding table is split by vocabulary over both (its model dimension stays whole, which keeps
+the looked-up activations batch-sharded instead of model-dim-sharded). A dimension whose size is not divisible by its mesh axes is replicated instead (for that dimension
 only), so odd shapes such as 2 KV heads on a tensor axis of 4 still work, at the price of duplicated memory.
 """
 
@@ -19,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 Rules = Sequence[tuple[str, P]]
 
 DEFAULT_RULES: Rules = (
-    (r"(^|/)embed/embedding$", P("tensor", "fsdp")),  # [V, D]
+    (r"(^|/)embed/embedding$", P(("fsdp", "tensor"), None)),  # [V, D]: vocab-parallel lookup
     (r"(^|/)lm_head/kernel$", P("fsdp", "tensor")),  # [D, V]
     (r"/attn/(q_proj|k_proj|v_proj)/kernel$", P("fsdp", "tensor")),  # [D, heads*Dh]
     (r"/attn/(q_proj|k_proj|v_proj)/bias$", P("tensor")),  # [heads*Dh]

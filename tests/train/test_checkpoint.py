@@ -43,6 +43,8 @@ def test_restore_onto_a_different_mesh(tmp_path):
   assert q.sharding.mesh.shape == mesh.shape and {s.data.shape for s in q.addressable_shards} == {(8, 32)}
 
 
+# A failed Orbax restore leaves background reads whose errors surface after their event loop closed.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
   mesh = make_mesh(MeshConfig(fsdp=8))
   checkpointer = Checkpointer(str(tmp_path), CheckpointConfig(save_every=1, keep=3))

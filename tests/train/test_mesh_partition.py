@@ -37,7 +37,7 @@ def test_make_mesh_on_all_and_on_some_devices():
 def test_rules_shard_heads_and_mlp_over_tensor_and_the_large_dim_over_fsdp():
   mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
   expected = {
-      "embed/embedding": ((64, 32), P("tensor", "fsdp")),
+      "embed/embedding": ((64, 32), P(("fsdp", "tensor"), None)),
       "lm_head/kernel": ((32, 64), P("fsdp", "tensor")),
       "layers/0/attn/q_proj/kernel": ((32, 64), P("fsdp", "tensor")),
       "layers/0/attn/k_proj/bias": ((16,), P("tensor")),
@@ -59,7 +59,8 @@ def test_indivisible_dimension_falls_back_to_replication():
   # 2 KV heads x 8 = 16 columns do divide by 4; 6 columns (e.g. 3 heads x 2) do not.
   assert spec_for("layers/0/attn/k_proj/kernel", (32, 16), mesh) == P("fsdp", "tensor")
   assert spec_for("layers/0/attn/k_proj/kernel", (32, 6), mesh) == P("fsdp", None)
-  assert spec_for("embed/embedding", (10, 32), mesh) == P(None, "fsdp")
+  assert spec_for("embed/embedding", (10, 32), mesh) == P(None, None)
+  assert spec_for("embed/embedding", (16, 32), mesh) == P(("fsdp", "tensor"), None)
   with pytest.raises(ValueError, match="has 2 dims"):
     spec_for("layers/0/mlp/up_proj/kernel", (32,), mesh)
 

@@ -88,4 +88,4 @@ def test_init_params_creates_each_shard_in_place():
   _, params = init_params(lambda: tiny_model(cfg=cfg), mesh=mesh)
   _, reference = split_model(tiny_model(cfg=cfg))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), params, reference)
-  assert params["embed"]["embedding"].sharding.shard_shape((64, 32)) == (64, 4)
+  assert params["embed"]["embedding"].sharding.shard_shape((64, 32)) == (8, 32)

@@ -46,7 +46,7 @@ def _assert_sharded_by_rules(params, mesh):
 def _shard_shapes(f, t):
   """Per-device block of each parameter kind of the tiny model (D=32, H*Dh=32, K*Dh=16, F=64, V=64)."""
   return {
-      "embed/embedding": (64 // t, 32 // f), "lm_head/kernel": (32 // f, 64 // t),
+      "embed/embedding": (64 // (f * t), 32), "lm_head/kernel": (32 // f, 64 // t),
       "attn/q_proj/kernel": (32 // f, 32 // t), "attn/k_proj/kernel": (32 // f, 16 // t),
       "attn/v_proj/kernel": (32 // f, 16 // t), "attn/o_proj/kernel": (32 // t, 32 // f),
       "mlp/gate_proj/kernel": (32 // f, 64 // t), "mlp/up_proj/kernel": (32 // f, 64 // t),
