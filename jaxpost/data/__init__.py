@@ -3,7 +3,7 @@
 from jaxpost.data.arith import TASKS, make_dataset, solve, split_of
 from jaxpost.data.batching import pack_rows, packed_batch, padded_batch, prompt_batch
 from jaxpost.data.char_tokenizer import arith_tokenizer, write_tokenizer_files
-from jaxpost.data.iterator import DataIterator, IteratorConfig, prompt_iterator, sft_iterator
+from jaxpost.data.iterator import DataIterator, IteratorConfig, PromptBatch, prompt_iterator, sft_iterator
 from jaxpost.data.sources import (RecordFormat, load_hf_dataset, load_jsonl, load_parquet, load_records,
                                   load_tfds)
 from jaxpost.data.tokenize import (TokenizedExample, encode_completion, encode_prompt, encode_record,
@@ -13,7 +13,7 @@ __all__ = [
     "TASKS", "make_dataset", "solve", "split_of",
     "pack_rows", "packed_batch", "padded_batch", "prompt_batch",
     "arith_tokenizer", "write_tokenizer_files",
-    "DataIterator", "IteratorConfig", "prompt_iterator", "sft_iterator",
+    "DataIterator", "IteratorConfig", "PromptBatch", "prompt_iterator", "sft_iterator",
     "RecordFormat", "load_hf_dataset", "load_jsonl", "load_parquet", "load_records", "load_tfds",
     "TokenizedExample", "encode_completion", "encode_prompt", "encode_record", "encode_records",
 ]

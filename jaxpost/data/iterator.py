@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxpost.data import batching
-from jaxpost.data.tokenize import TokenizedExample, encode_prompt
+from jaxpost.data.tokenize import TokenizedExample, encode_completion, encode_prompt
 
 Units = list[list[int]]  # Each unit is a list of item indices: one item, or the items packed into one row.
 
@@ -111,16 +111,28 @@ def sft_iterator(examples: Sequence[TokenizedExample], cfg: IteratorConfig, *, s
                       group=group if pack else None)
 
 
-def prompt_iterator(records: Sequence[Mapping[str, str]], tokenizer: Any, cfg: IteratorConfig, *,
-                    prompt_len: int | None = None, process_index: int = 0, process_count: int = 1) -> DataIterator:
-  """RL prompt batches: left-padded `prompt_tokens`/`prompt_mask` [B, P] and the batch's `records` (a list)."""
-  prompts = [encode_prompt(tokenizer, r["prompt"]) for r in records]
-  prompt_len = max((len(p) for p in prompts), default=0) if prompt_len is None else prompt_len
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+  """One RL step's prompts: texts, token ids (chat template applied), reference answers, and demonstrations
+  (completion token ids ending in EOS; None when the records have no completion)."""
 
-  def make_batch(units: Units) -> dict[str, Any]:
+  prompts: list[str]
+  prompt_ids: list[list[int]]
+  answers: list[str]
+  demo_ids: list[list[int]] | None = None
+
+
+def prompt_iterator(records: Sequence[Mapping[str, str]], tokenizer: Any, cfg: IteratorConfig, *,
+                    process_index: int = 0, process_count: int = 1) -> DataIterator:
+  """RL prompt batches (`PromptBatch`); records need "prompt" and "answer", and "completion" for demonstrations."""
+  prompts = [encode_prompt(tokenizer, r["prompt"]) for r in records]
+  has_demos = bool(records) and all("completion" in r for r in records)
+  demos = [encode_completion(tokenizer, r["completion"]) for r in records] if has_demos else None
+
+  def make_batch(units: Units) -> PromptBatch:
     items = [unit[0] for unit in units]
-    batch = batching.prompt_batch([prompts[i] for i in items], prompt_len=prompt_len, pad_id=pad_id)
-    return {**batch, "records": [records[i] for i in items]}
+    return PromptBatch(prompts=[records[i]["prompt"] for i in items], prompt_ids=[prompts[i] for i in items],
+                       answers=[records[i]["answer"] for i in items],
+                       demo_ids=[demos[i] for i in items] if demos is not None else None)
 
   return DataIterator(len(records), make_batch, cfg, process_index=process_index, process_count=process_count)

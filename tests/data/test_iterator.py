@@ -85,13 +85,18 @@ def test_prompt_iterator():
   records = arith.make_dataset("easy", "train", 10)
   it = iterator.prompt_iterator(records, tok, iterator.IteratorConfig(batch_size=4, shuffle=False))
   batch = next(it)
-  assert batch["records"] == records[:4]
-  width = batch["prompt_tokens"].shape[1]
-  for row, record in enumerate(records[:4]):
-    text = f"<|bos|><|user|>{record['prompt']}<|assistant|>"
-    n = int(batch["prompt_mask"][row].sum())
-    assert tok.decode(batch["prompt_tokens"][row, width - n:]) == text
-    assert np.all(batch["prompt_tokens"][row, :width - n] == tok.pad_token_id)
+  assert batch.prompts == [r["prompt"] for r in records[:4]]
+  assert batch.answers == [r["answer"] for r in records[:4]]
+  for ids, demo, record in zip(batch.prompt_ids, batch.demo_ids, records[:4], strict=True):
+    assert tok.decode(ids) == f"<|bos|><|user|>{record['prompt']}<|assistant|>"
+    assert tok.decode(demo) == record["completion"] + "<|eos|>"
+
+
+def test_prompt_iterator_without_completions_has_no_demonstrations():
+  tok = char_tokenizer.arith_tokenizer()
+  records = [{"prompt": r["prompt"], "answer": r["answer"]} for r in arith.make_dataset("easy", "train", 4)]
+  batch = next(iterator.prompt_iterator(records, tok, iterator.IteratorConfig(batch_size=2)))
+  assert batch.demo_ids is None and len(batch.prompt_ids) == 2
 
 
 def test_bad_config():

@@ -1,0 +1,174 @@
+"""One RL step's experience: rollouts (optionally from demonstration prefixes) -> rewards -> advantages -> batch.
+
+The three methods share the rollout code and differ only in two small choices, made by their configs:
+- how many tokens of the demonstration each rollout starts from (GRPO: none; Prefix-RFT: a scheduled random
+  prefix for `n_prefix` of the G rollouts; LUFFY: the whole demonstration for one of them), and
+- how rewards become advantages (SPEC §3 group advantages; §4 on-policy baseline; LUFFY `r - mean` over all G).
+
+Letters: B prompts, G rollouts per prompt, N = B*G rows, P prompt length, C completion length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxpost.data import PromptBatch
+from jaxpost.generate import SamplingConfig, generate, left_pad
+from jaxpost.losses import (PrefixRFTConfig, build_hybrid_completions, group_advantages, is_prefixed_rollout,
+                            prefix_rft_advantages, sample_prefix_lengths)
+
+RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]  # (prompts, completions, answers)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RolloutConfig:
+  """G rollouts per prompt of at most `completion_len` tokens (demonstration prefix included)."""
+
+  group_size: int = 8
+  completion_len: int = 64
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  stop_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+  pad_multiple: int = 32  # prompts are left-padded to a multiple of this, so shapes (and compilations) stay few
+
+  def __post_init__(self):
+    if self.group_size < 1 or self.pad_multiple < 1:
+      raise ValueError(f"RolloutConfig: group_size and pad_multiple must be >= 1, got {self.group_size}, "
+                       f"{self.pad_multiple}")
+
+  def padded_length(self, longest: int) -> int:
+    return -(-longest // self.pad_multiple) * self.pad_multiple
+
+  def sampling(self) -> SamplingConfig:
+    return SamplingConfig(completion_len=self.completion_len, temperature=self.temperature, top_k=self.top_k,
+                          top_p=self.top_p, stop_ids=self.stop_ids, pad_id=self.pad_id)
+
+
+class Method(Protocol):
+  """Where rollouts start and how their rewards become advantages."""
+
+  needs_demonstrations: bool
+
+  def prefix_lengths(self, rng: jax.Array, demo_lens_N: np.ndarray, step: int, group_size: int) -> np.ndarray: ...
+
+  def advantages(self, rewards_N: np.ndarray, prefix_mask_NxC: np.ndarray, group_size: int) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GRPOMethod:
+  """Every rollout on-policy; advantages by `group_advantages` (SPEC §3)."""
+
+  estimator: str = "grpo"
+  scale: str | None = None
+  eps: float = 1e-4
+  needs_demonstrations: bool = False
+
+  def prefix_lengths(self, rng, demo_lens_N, step, group_size):
+    return np.zeros_like(demo_lens_N)
+
+  def advantages(self, rewards_N, prefix_mask_NxC, group_size):
+    return np.asarray(group_advantages(jnp.asarray(rewards_N), group_size, estimator=self.estimator,
+                                       scale=self.scale, eps=self.eps))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrefixRFTMethod:
+  """`n_prefix` of each group's rollouts continue a scheduled demonstration prefix (SPEC §4)."""
+
+  cfg: PrefixRFTConfig = PrefixRFTConfig()
+  needs_demonstrations: bool = True
+
+  def prefix_lengths(self, rng, demo_lens_N, step, group_size):
+    lengths = np.asarray(sample_prefix_lengths(rng, jnp.asarray(demo_lens_N), step, self.cfg))
+    prefixed = np.asarray(is_prefixed_rollout(len(demo_lens_N), group_size, self.cfg.n_prefix))
+    return np.where(prefixed, lengths, 0)
+
+  def advantages(self, rewards_N, prefix_mask_NxC, group_size):
+    prefixed = np.asarray(is_prefixed_rollout(len(rewards_N), group_size, self.cfg.n_prefix))
+    return np.asarray(prefix_rft_advantages(jnp.asarray(rewards_N), jnp.asarray(prefixed),
+                                            jnp.asarray(prefix_mask_NxC), group_size, mode=self.cfg.advantage_mode))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LUFFYMethod:
+  """The first rollout of each group is the whole demonstration; advantages r - mean over all G (SPEC §4)."""
+
+  needs_demonstrations: bool = True
+
+  def prefix_lengths(self, rng, demo_lens_N, step, group_size):
+    return np.where(np.asarray(is_prefixed_rollout(len(demo_lens_N), group_size, 1)), demo_lens_N, 0)
+
+  def advantages(self, rewards_N, prefix_mask_NxC, group_size):
+    return np.asarray(group_advantages(jnp.asarray(rewards_N), group_size, estimator="dr_grpo"))
+
+
+def sample_rollouts(model, prompts: PromptBatch, rng: jax.Array, prefix_lens_N: np.ndarray, *,
+                    cfg: RolloutConfig, mesh: Mesh | None = None) -> dict[str, np.ndarray]:
+  """G rollouts per prompt; row n continues prompt ++ demo[:prefix_lens_N[n]] for at most C - prefix tokens
+  (none when the prefix already ends with a stop id, i.e. is a whole demonstration).
+
+  Returns the RL layout with the original prompt, completion = prefix ++ continuation, and `prefix_mask`.
+  """
+  g, c = cfg.group_size, cfg.completion_len
+  rows = [i for i in range(len(prompts.prompt_ids)) for _ in range(g)]
+  demos = [list(prompts.demo_ids[i])[:c] for i in rows] if prompts.demo_ids is not None else [[] for _ in rows]
+  prefix_lens_N = np.minimum(prefix_lens_N, [len(d) for d in demos]).astype(np.int32)
+  starts = [list(prompts.prompt_ids[i]) + demos[n][:prefix_lens_N[n]] for n, i in enumerate(rows)]
+  start_tokens, start_mask = left_pad(starts, length=cfg.padded_length(max(map(len, starts))), pad_id=cfg.pad_id)
+  finished = np.asarray([n > 0 and d[n - 1] in cfg.stop_ids for d, n in zip(demos, prefix_lens_N)])
+  room = np.where(finished, 0, c - prefix_lens_N).astype(np.int32)  # a whole demonstration is not continued
+  rollout = generate(model, start_tokens, start_mask, cfg=cfg.sampling(), rng=rng, max_new_tokens=room, mesh=mesh)
+  demo_tokens, _ = _right_pad(demos, width=max(1, int(prefix_lens_N.max())), pad_id=cfg.pad_id)
+  hybrid = build_hybrid_completions(jnp.asarray(demo_tokens), jnp.asarray(prefix_lens_N), rollout.completion_tokens,
+                                    rollout.completion_mask, width=c, pad_id=cfg.pad_id)
+  originals = [prompts.prompt_ids[i] for i in rows]
+  prompt_tokens, prompt_mask = left_pad(originals, length=cfg.padded_length(max(map(len, originals))),
+                                        pad_id=cfg.pad_id)
+  return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
+          **{k: np.asarray(v) for k, v in hybrid.items()}}
+
+
+def make_experience(model, prompts: PromptBatch, rng: jax.Array, step: int, *, method: Method, cfg: RolloutConfig,
+                    reward_fn: RewardFn, decode: Callable[[list[int]], str],
+                    mesh: Mesh | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """The RL batch of one step (RL layout + `advantages` + `rewards`) and rollout statistics."""
+  if method.needs_demonstrations and prompts.demo_ids is None:
+    raise ValueError(f"{type(method).__name__} needs demonstrations: the prompt batch has no demo_ids")
+  g = cfg.group_size
+  prefix_rng, sample_rng = jax.random.split(rng)
+  demo_lens = [len(prompts.demo_ids[i]) if prompts.demo_ids is not None else 0
+               for i in range(len(prompts.prompt_ids)) for _ in range(g)]
+  prefix_lens = method.prefix_lengths(prefix_rng, np.asarray(demo_lens, np.int32), step, g)
+  batch = sample_rollouts(model, prompts, sample_rng, prefix_lens, cfg=cfg, mesh=mesh)
+  lengths = batch["completion_mask"].sum(axis=1)
+  texts = [decode(row[:n].tolist()) for row, n in zip(batch["completion_tokens"], lengths)]
+  repeat = lambda items: [x for x in items for _ in range(g)]
+  rewards = np.asarray(reward_fn(repeat(prompts.prompts), texts, repeat(prompts.answers)), np.float32)
+  batch["advantages"] = method.advantages(rewards, batch["prefix_mask"], g).astype(np.float32)
+  batch["rewards"] = rewards
+  on_policy = batch["prefix_mask"].sum(axis=1) == 0
+  stats = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
+           "reward/on_policy_mean": float(rewards[on_policy].mean()) if on_policy.any() else float("nan"),
+           "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
+           "prefix/mean_length": float(batch["prefix_mask"].sum(axis=1)[~on_policy].mean()) if (~on_policy).any()
+           else 0.0}
+  return batch, stats
+
+
+def _right_pad(sequences: Sequence[Sequence[int]], *, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  tokens = np.full((len(sequences), width), pad_id, np.int32)
+  mask = np.zeros((len(sequences), width), np.int32)
+  for row, seq in enumerate(sequences):
+    seq = list(seq)[:width]
+    tokens[row, :len(seq)] = seq
+    mask[row, :len(seq)] = 1
+  return tokens, mask

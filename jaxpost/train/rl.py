@@ -1,0 +1,126 @@
+"""The RL loop: prompts -> rollouts -> rewards -> advantages -> `num_iterations` x mini-batch updates.
+
+It shares the training core's state, jitted step, checkpoints (exact resume, data position included) and metrics
+writer; what differs per method (GRPO, Prefix-RFT, LUFFY) lives in `experience.py` and in the loss function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxpost.losses import completion_logps
+from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer
+from jaxpost.data import PromptBatch
+from jaxpost.train.experience import Method, RewardFn, RolloutConfig, make_experience
+from jaxpost.train.loop import check_finite, initial_state
+from jaxpost.train.mesh import MeshConfig, initialize_distributed, make_mesh
+from jaxpost.train.metrics import MetricsWriter
+from jaxpost.train.partition import DEFAULT_RULES, Rules, shard_batch
+from jaxpost.train.state import OptimizerConfig
+from jaxpost.train.step import LossFn, make_train_step
+
+# Host-side bookkeeping arrays of the experience that the loss does not read.
+_NOT_FOR_LOSS = ("rewards",)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RLConfig:
+  """`total_steps` RL steps, each: one batch of prompts, G rollouts each, then `num_iterations` passes of
+  `num_minibatches` updates. `reference` keeps a frozen copy of the initial model for KL (`ref_logps`)."""
+
+  total_steps: int
+  num_iterations: int = 1
+  num_minibatches: int = 1
+  reference: bool = False
+  eval_every: int = 0  # 0: evaluate only at the end (when an evaluate function is given)
+  seed: int = 0
+  mesh: MeshConfig = MeshConfig()
+  optimizer: OptimizerConfig = OptimizerConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  progress: bool = True
+
+  def __post_init__(self):
+    if min(self.total_steps, self.num_iterations, self.num_minibatches) < 1 or self.eval_every < 0:
+      raise ValueError(f"RLConfig: total_steps, num_iterations, num_minibatches must be >= 1 and eval_every >= 0, "
+                       f"got {self.total_steps}, {self.num_iterations}, {self.num_minibatches}, {self.eval_every}")
+
+  @property
+  def updates_per_step(self) -> int:
+    return self.num_iterations * self.num_minibatches
+
+
+def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Method, rollout: RolloutConfig,
+             prompts, reward_fn: RewardFn, decode: Callable[[list[int]], str], workdir: str, cfg: RLConfig,
+             evaluate: Callable[[nnx.Module], dict[str, float]] | None = None, rules: Rules = DEFAULT_RULES):
+  """Trains `model_fn()` with RL on `prompts` (an iterator of `PromptBatch` with get_state/set_state).
+
+  Returns (graphdef, final state). `evaluate(model)` metrics are logged under `eval/` every `eval_every` steps
+  and at the last step.
+  """
+  initialize_distributed()
+  mesh = make_mesh(cfg.mesh)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
+  graphdef, state = initial_state(model_fn, optimizer=cfg.optimizer, seed=cfg.seed, mesh=mesh, rules=rules,
+                                  checkpointer=checkpointer, data=prompts)
+  step_fn = make_train_step(graphdef=graphdef, loss_fn=loss_fn, optimizer=cfg.optimizer, mesh=mesh,
+                            state_shardings=jax.tree.map(lambda x: x.sharding, state))
+  logps_fn = jax.jit(lambda params, batch: completion_logps(nnx.merge(graphdef, params), batch)[0])
+  reference = nnx.state(model_fn(), nnx.Param) if cfg.reference else None
+  start = int(state.step) // cfg.updates_per_step
+  writer = MetricsWriter(workdir, start_step=start, total_steps=cfg.total_steps, progress=cfg.progress)
+  base_key = jax.random.key(cfg.seed)
+  try:
+    for step in range(start, cfg.total_steps):
+      prompt_batch: PromptBatch = next(prompts)
+      position = prompts.get_state()
+      step_key = jax.random.fold_in(base_key, step)
+      clock = time.perf_counter()
+      model = nnx.merge(graphdef, state.params)
+      batch, stats = make_experience(model, prompt_batch, step_key, step, method=method, cfg=rollout,
+                                     reward_fn=reward_fn, decode=decode, mesh=mesh)
+      rollout_s = time.perf_counter() - clock
+      loss_batch = {k: v for k, v in batch.items() if k not in _NOT_FOR_LOSS}
+      if cfg.updates_per_step > 1:  # later updates are off-policy: ratios need the rollout policy's log-probs
+        loss_batch["old_logps"] = logps_fn(state.params, shard_batch(loss_batch, mesh))
+      if reference is not None:
+        loss_batch["ref_logps"] = logps_fn(reference, shard_batch(loss_batch, mesh))
+      clock = time.perf_counter()
+      state, update_metrics = _update(state, loss_batch, step_fn, cfg, mesh, np.random.default_rng([cfg.seed, step]))
+      update_s = time.perf_counter() - clock
+      tokens = batch["completion_mask"].sum() + batch["prompt_mask"].sum()
+      metrics = {**stats, **update_metrics, "rollout_tokens_per_s": batch["completion_mask"].sum() / rollout_s,
+                 "update_tokens_per_s": tokens * cfg.num_iterations / update_s}
+      if evaluate is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0)
+                                   or step + 1 == cfg.total_steps):
+        metrics.update({f"eval/{k}": v for k, v in evaluate(nnx.merge(graphdef, state.params)).items()})
+      writer.write(step + 1, metrics)
+      check_finite(metrics, step + 1, checkpointer)
+      if checkpointer.due(step + 1) or step + 1 == cfg.total_steps:
+        checkpointer.save(step + 1, state, {"data": position})
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  return graphdef, state
+
+
+def _update(state, batch: dict[str, np.ndarray], step_fn, cfg: RLConfig, mesh, rng: np.random.Generator):
+  """`num_iterations` shuffled passes of `num_minibatches` updates; metrics averaged over the updates."""
+  rows = len(batch["advantages"])
+  if rows % cfg.num_minibatches:
+    raise ValueError(f"RL batch of {rows} rollouts does not split into num_minibatches={cfg.num_minibatches}")
+  sums: dict[str, float] = {}
+  for _ in range(cfg.num_iterations):
+    for chunk in np.split(rng.permutation(rows), cfg.num_minibatches):
+      minibatch = {k: np.asarray(v)[chunk] for k, v in batch.items()}
+      state, metrics = step_fn(state, shard_batch(minibatch, mesh))
+      for k, v in jax.device_get(metrics).items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+  return state, {k: v / cfg.updates_per_step for k, v in sums.items()}
