@@ -46,6 +46,8 @@ def generate(model: Decoder, prompt_tokens: jax.Array, prompt_mask: jax.Array, *
     rng = jax.random.key(0)
   elif not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(rng)
+  if rng.shape not in ((), (b,)):
+    raise ValueError(f"generate: rng must be one key or {b} keys (one per prompt), got key shape {rng.shape}")
   graphdef, state = nnx.split(model)
   return _generate(graphdef, state, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, jnp.int32),
                    rng, limit_B, cfg=cfg, cache_factory=cache_factory, mesh=mesh)

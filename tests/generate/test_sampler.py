@@ -150,6 +150,7 @@ def test_decode_completions_with_a_tokenizer(sampled):
     ([[0, 0, 0], [1, 1, 1]], {}, "empty"),
     ([[0, 1, 1], [1, 1, 1]], dict(max_new_tokens=9), "max_new_tokens"),
     ([[0, 1, 1], [1, 1, 1]], dict(rng=None), "rng"),
+    ([[0, 1, 1], [1, 1, 1]], dict(rng=jax.random.split(jax.random.key(0), 3)), "2 keys"),
 ])
 def test_bad_inputs_raise(mask_rows, kwargs, message):
   mask = np.array(mask_rows, np.int32)
