@@ -3,8 +3,8 @@
 Workload (../shared/BENCHMARKS.md): the "bench" preset (Qwen3, 4.2M params, float32, random weights seed 0),
 prompt 64 tokens, 128 new tokens, greedy, no early stop. tokens/s = batch * new tokens / wall time of the whole
 call (prefill included, both sides). Prints the median of --reps timed calls after one warm-up, with min and max;
-the calls of the contenders alternate. transformers is timed at 1 and 2 torch threads (on a loaded 2-core machine one thread is often much
-faster) and the ratio is taken against its faster setting.
+the calls of the contenders alternate. transformers is timed at 1 and 2 torch threads (on a loaded 2-core machine
+one thread is often much faster) and the ratio is taken against its faster setting.
 
   python -m benchmarks.generate [--batches 1 8 32] [--reps 5]
 """
