@@ -42,7 +42,7 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["jaxpost", "jaxpost.*", "experiments", "experiments.*"]),
-    package_data={"jaxpost": ["assets/*"]},
+    package_data={"jaxpost": ["assets/*/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["jaxpost=jaxpost.cli:main"]},

@@ -46,9 +46,9 @@ def sft_loss_terms(logps_BxT: Array, mask_BxT: Array, *, label_smoothing: float 
 def make_sft_loss(cfg: SFTConfig = SFTConfig()) -> LossFn:
   """loss_fn(model, batch, rng) -> (loss, metrics) on the SFT batch layout.
 
-  loss = sum / max(n, 1) where n is the batch's own loss-token count, or `batch["num_loss_tokens"]` when given
-  (the count over all micro-batches of an accumulated step, so their losses add up to the big-batch loss).
-  Metrics: loss, loss_sum, n_tokens, accuracy (argmax), entropy (mean over loss tokens).
+  loss = sum / max(n, 1), n the batch's loss-token count, reported as `loss_denominator` so that the train step
+  weights accumulated micro-batches by it and reproduces the big-batch token mean exactly.
+  Metrics: loss, loss_sum, n_tokens, loss_denominator, accuracy (argmax), entropy (mean over loss tokens).
   """
 
   def loss_fn(model, batch: Mapping[str, Array], rng=None) -> tuple[Array, dict[str, Array]]:
@@ -57,12 +57,12 @@ def make_sft_loss(cfg: SFTConfig = SFTConfig()) -> LossFn:
     mask_BxT = arrays["mask"]
     loss_sum, n_tokens = sft_loss_terms(arrays["logps"], mask_BxT, label_smoothing=cfg.label_smoothing,
                                         neg_mean_logp_BxT=arrays["neg_mean_logp"])
-    denominator = jnp.asarray(batch.get("num_loss_tokens", n_tokens), jnp.float32)
-    loss = loss_sum / jnp.maximum(denominator, 1.0)
+    loss = loss_sum / jnp.maximum(n_tokens, 1.0)
     metrics = {
         "loss": loss,
         "loss_sum": loss_sum,
         "n_tokens": n_tokens,
+        "loss_denominator": n_tokens,
         "accuracy": masked_mean(arrays["correct"].astype(jnp.float32), mask_BxT),
         "entropy": masked_mean(jax.lax.stop_gradient(arrays["entropy"]), mask_BxT),
     }

@@ -43,16 +43,24 @@ def test_packed_rows_give_same_loss_and_gradient_as_unpacked():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grad_p, grad_u)
 
 
-def test_num_loss_tokens_makes_accumulated_micro_batches_equal_one_batch():
-  params = fakes.init_params(4)
-  grad_fn = jax.jit(jax.value_and_grad(lambda p, b: _loss(p, b)[0]))
-  full_loss, full_grad = grad_fn(params, fakes.sft_unpacked(fakes.EXAMPLES))
-  micro = [fakes.sft_unpacked(fakes.EXAMPLES[:1]), fakes.sft_unpacked(fakes.EXAMPLES[1:])]
-  total_tokens = sum(len(c) for _, c in fakes.EXAMPLES)
-  parts = [grad_fn(params, dict(b, num_loss_tokens=jnp.float32(total_tokens))) for b in micro]
-  np.testing.assert_allclose(parts[0][0] + parts[1][0], full_loss, rtol=1e-6)
-  jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a + b, c, rtol=1e-5, atol=1e-6),
-               parts[0][1], parts[1][1], full_grad)
+def test_accumulated_micro_batches_with_unequal_token_counts_equal_one_batch():
+  """The loss reports `loss_denominator`; the train step's accumulation weights micro-batches by it."""
+  from flax import nnx
+
+  import jaxpost.models as jm
+  from jaxpost.train import accumulate_gradients
+
+  cfg = jm.ModelConfig(vocab_size=11, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+                       intermediate_size=24)
+  graphdef, params = nnx.split(jm.Decoder(cfg, rngs=nnx.Rngs(0)))
+  loss_fn = sft.make_sft_loss()
+  batch = fakes.sft_unpacked(fakes.EXAMPLES[:2])
+  assert batch["loss_mask"][0].sum() != batch["loss_mask"][1].sum()
+  full_loss, full_grads = jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), batch, None)[0])(params)
+  loss, _, grads = accumulate_gradients(params, batch, jax.random.key(0), graphdef=graphdef, loss_fn=loss_fn,
+                                        num_microbatches=2)
+  np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, full_grads)
 
 
 def test_config_validates():
