@@ -72,10 +72,10 @@ class _WithStep:
     return batch
 
   def get_state(self) -> dict:
-    return {"inner": self.inner.state(), "step": self.step}
+    return {"inner": self.inner.get_state(), "step": self.step}
 
   def set_state(self, state: dict) -> None:
-    self.inner.restore(state["inner"])
+    self.inner.set_state(state["inner"])
     self.step = int(state["step"])
 
 
