@@ -18,7 +18,7 @@ from jaxpost import data, models, rewards  # noqa: E402
 from jaxpost.evaluate import EvalConfig, evaluate  # noqa: E402
 from jaxpost.losses import (GRPOConfig, LUFFYConfig, PrefixRFTConfig, make_grpo_loss, make_luffy_loss,  # noqa: E402
                             make_prefix_rft_loss)
-from jaxpost.train import CheckpointConfig, OptimizerConfig, export_hf, read_metrics  # noqa: E402
+from jaxpost.train import CheckpointConfig, MeshConfig, OptimizerConfig, export_hf, read_metrics  # noqa: E402
 from jaxpost.train.experience import GRPOMethod, LUFFYMethod, PrefixRFTMethod, RolloutConfig  # noqa: E402
 from jaxpost.train.rl import RLConfig, rl_train  # noqa: E402
 
@@ -50,6 +50,7 @@ def rl_config(method: str) -> ml_collections.ConfigDict:
   c.prefix = ml_collections.ConfigDict(dict(n_prefix=1, schedule_steps=60, low_start=0.95, low_end=0.05, high=0.95,
                                             top_entropy_fraction=0.2, advantage_mode="paper"))
   c.luffy_gamma = 0.1
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: all remaining devices
   return c
 
 
@@ -86,6 +87,7 @@ def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   updates = c.steps * c.num_iterations * c.num_minibatches
   cfg = RLConfig(total_steps=c.steps, num_iterations=c.num_iterations, num_minibatches=c.num_minibatches,
                  reference=c.beta > 0, eval_every=c.eval_every, seed=c.seed, progress=c.progress,
+                 mesh=MeshConfig(**c.mesh),
                  optimizer=OptimizerConfig(learning_rate=c.learning_rate, schedule="constant", total_steps=updates,
                                            clip_norm=1.0),
                  checkpoint=CheckpointConfig(save_every=c.save_every))

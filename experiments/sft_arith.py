@@ -15,7 +15,8 @@ from jaxpost import data, models, rewards
 from jaxpost.evaluate import EvalConfig, evaluate
 from jaxpost.experiment import run_experiment
 from jaxpost.losses import make_sft_loss
-from jaxpost.train import CheckpointConfig, OptimizerConfig, TrainConfig, export_hf, read_metrics, train
+from jaxpost.train import (CheckpointConfig, MeshConfig, OptimizerConfig, TrainConfig, export_hf, read_metrics,
+                           train)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -29,9 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 16
   c.pack = True
   c.train = ml_collections.ConfigDict(dict(total_steps=600, save_every=200, progress=True))
-  c.optimizer = ml_collections.ConfigDict(dict(learning_rate=2e-3, warmup_steps=50, schedule="cosine",
+  c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=60, schedule="cosine",
                                                weight_decay=0.01, clip_norm=1.0))
   c.eval = ml_collections.ConfigDict(dict(every=200, completion_len=96, batch_size=128))
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: all remaining devices
   return c
 
 
@@ -58,6 +60,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   evaluator = make_evaluator(tokenizer, eval_records, config.eval)
   train_cfg = TrainConfig(
       total_steps=config.train.total_steps, seed=config.seed, progress=config.train.progress,
+      mesh=MeshConfig(**config.mesh),
       eval_every=config.eval.every,
       optimizer=OptimizerConfig(**config.optimizer.to_dict(), total_steps=config.train.total_steps),
       checkpoint=CheckpointConfig(save_every=config.train.save_every))
