@@ -76,7 +76,7 @@ class DenseKVCache:
     return out, new
 
   def end_step(self) -> "DenseKVCache":
-    return self.replace(end=self.end + self.step_len)
+    return self.replace(end=self.end + self.step_len, step_len=0)  # same static structure after every step
 
   def live_bytes(self) -> jax.Array:
     """Bytes of keys and values held for valid tokens."""
