@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxpost import data, models, rewards  # noqa: E402
-from jaxpost.evaluate import EvalConfig, evaluate  # noqa: E402
+from jaxpost.evaluate import arith_evaluator  # noqa: E402
 from jaxpost.losses import (GRPOConfig, LUFFYConfig, PrefixRFTConfig, make_grpo_loss, make_luffy_loss,  # noqa: E402
                             make_prefix_rft_loss)
 from jaxpost.train import CheckpointConfig, MeshConfig, OptimizerConfig, export_hf, read_metrics  # noqa: E402
@@ -67,19 +67,12 @@ def method_and_loss(c: ml_collections.ConfigDict):
   raise ValueError(f"config.method {c.method!r} is not one of {METHODS}")
 
 
-def accuracy_evaluator(tokenizer, records, completion_len: int):
-  """model -> {"accuracy", "mean_length", "stopped_fraction"}: greedy exact match on `records`."""
-  cfg = EvalConfig(completion_len=completion_len, batch_size=128)
-  return lambda model: evaluate(model, tokenizer, records, reward_fn=rewards.arith_exact_match,
-                                extract_answer=rewards.extract_arith_answer, cfg=cfg)
-
-
 def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Runs (or resumes) the RL experiment `c` in `workdir`; returns the first and last held-out accuracy."""
   tokenizer = data.arith_tokenizer()
   train_records = data.make_dataset(c.task, "train", c.num_train, seed=c.seed)
   eval_records = data.make_dataset(c.task, "test", c.num_eval, seed=c.seed + 1)
-  evaluator = accuracy_evaluator(tokenizer, eval_records, c.completion_len)
+  evaluator = arith_evaluator(tokenizer, eval_records, completion_len=c.completion_len)
   method, loss_fn = method_and_loss(c)
   start_accuracy = _start_accuracy(c, workdir, evaluator)
   rollout = RolloutConfig(group_size=c.group_size, completion_len=c.completion_len, temperature=c.temperature,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
-from jaxpost import data, models, rewards
-from jaxpost.evaluate import EvalConfig, evaluate
+from jaxpost import data, models
+from jaxpost.evaluate import arith_evaluator
 from jaxpost.experiment import run_experiment
 from jaxpost.losses import make_sft_loss
 from jaxpost.train import (CheckpointConfig, MeshConfig, OptimizerConfig, TrainConfig, export_hf, read_metrics,
@@ -43,13 +43,6 @@ def build_model_fn(name: str, tokenizer, seed: int):
   return lambda: models.Decoder(cfg, rngs=nnx.Rngs(seed))
 
 
-def make_evaluator(tokenizer, records, eval_cfg: ml_collections.ConfigDict):
-  """model -> {"accuracy", ...} on held-out `records`, greedy."""
-  cfg = EvalConfig(completion_len=eval_cfg.completion_len, batch_size=eval_cfg.batch_size)
-  return lambda model: evaluate(model, tokenizer, records, reward_fn=rewards.arith_exact_match,
-                                extract_answer=rewards.extract_arith_answer, cfg=cfg)
-
-
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   tokenizer = data.arith_tokenizer()
   train_records = data.make_dataset(config.task, "train", config.num_train, seed=config.seed)
@@ -57,7 +50,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   examples = data.encode_records(tokenizer, train_records)
   iterator = data.sft_iterator(examples, data.IteratorConfig(batch_size=config.batch_size, seed=config.seed),
                                seq_len=config.seq_len, pack=config.pack, pad_id=tokenizer.pad_token_id)
-  evaluator = make_evaluator(tokenizer, eval_records, config.eval)
+  evaluator = arith_evaluator(tokenizer, eval_records, completion_len=config.eval.completion_len,
+                              batch_size=config.eval.batch_size)
   train_cfg = TrainConfig(
       total_steps=config.train.total_steps, seed=config.seed, progress=config.train.progress,
       mesh=MeshConfig(**config.mesh),

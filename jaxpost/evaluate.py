@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from jaxpost import rewards
 from jaxpost.data import encode_prompt
 from jaxpost.generate import CacheFactory, SamplingConfig, generate, left_pad
 from jaxpost.models import DenseKVCache
@@ -69,3 +70,11 @@ def _majority(texts: Sequence[str], extract_answer: Callable) -> str:
     return texts[0]
   best = max(counts, key=lambda a: (counts[a], -answers.index(a)))
   return texts[answers.index(best)]
+
+
+def arith_evaluator(tokenizer, records: Sequence[Mapping[str, str]], *, completion_len: int = 96,
+                    batch_size: int = 128) -> Callable[..., dict[str, float]]:
+  """model -> `evaluate` metrics on the embedded arithmetic task: greedy, exact match of the final answer line."""
+  cfg = EvalConfig(completion_len=completion_len, batch_size=batch_size)
+  return lambda model: evaluate(model, tokenizer, records, reward_fn=rewards.arith_exact_match,
+                                extract_answer=rewards.extract_arith_answer, cfg=cfg)
