@@ -39,7 +39,7 @@ class CLIError(ValueError):
 
 def experiments() -> dict[str, str]:
   """Runnable experiments (modules of the `experiments` package with get_config and main) -> the first paragraph
-  of their docstring. Read from the source, so listing imports nothing heavy and a broken module cannot hide the others."""
+  of their docstring. Read from the source: listing imports nothing heavy, and a broken module hides no other."""
   package = importlib.import_module("experiments")
   found = {}
   for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda info: info.name):

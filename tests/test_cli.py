@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxpost import cli
-from jaxpost.models import Decoder, from_pretrained, save_pretrained
+from jaxpost.models import Decoder, from_pretrained, presets, save_pretrained
 from jaxpost.train import Checkpointer, CheckpointConfig, MeshConfig, OptimizerConfig, create_train_state, make_mesh
 from jaxpost.train import param_shardings, split_model
 from tests.train.helpers import TINY
@@ -161,6 +161,8 @@ def test_export_with_the_wrong_architecture_names_the_parameter(trained_workdir,
   workdir, _ = trained_workdir
   code, _, err = _run_cli(capsys, "export", workdir, str(tmp_path / "x"), "--model", "tiny")
   assert code == 2 and err.count("\n") == 1
-  assert "parameter embed/embedding is (64, 32), the model config implies (128, 256)" in err
+  tiny = presets.get("tiny")
+  assert (f"parameter embed/embedding is ({TINY.vocab_size}, {TINY.hidden_size}), the model config implies "
+          f"({tiny.vocab_size}, {tiny.hidden_size})") in err
   code, _, err = _run_cli(capsys, "export", workdir, str(tmp_path / "x"), "--model", "tinyy")
   assert code == 2 and "neither a directory nor a preset" in err
