@@ -114,9 +114,14 @@ def make_dataset(task: str, split: str, n: int, seed: int = 0) -> list[dict[str,
   if n < 0:
     raise ValueError(f"n must be >= 0, got {n}")
   rng = random.Random(f"jaxpost.arith/{task}/{split}/{seed}")
+  return draw_from_split(lambda: _sample(rng, task), split, n)
+
+
+def draw_from_split(sample, split: str, n: int) -> list[dict[str, str]]:
+  """The first `n` records from repeated `sample()` calls whose prompt hashes into `split` (None = redraw)."""
   records = []
   while len(records) < n:
-    record = _sample(rng, task)
+    record = sample()
     if record is not None and split_of(record["prompt"]) == split:
       records.append(record)
   return records

@@ -12,12 +12,10 @@ Each problem belongs to one split by a hash of its prompt, as for the arithmetic
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import string
 
-SPLITS = ("train", "test")
-TEST_FRACTION_PER_MILLE = 100
+from jaxpost.data.arith import SPLITS, draw_from_split
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,12 +44,6 @@ class KVRetrievalConfig:
     return self.num_pairs * (self.key_len + self.value_len + 2) + self.key_len + 2
 
 
-def split_of(prompt: str) -> str:
-  """The split a problem belongs to, from a hash of its prompt (about 10% test)."""
-  h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
-  return "test" if h % 1000 < TEST_FRACTION_PER_MILLE else "train"
-
-
 def _sample(rng: random.Random, cfg: KVRetrievalConfig) -> dict[str, str]:
   keys: list[str] = []
   while len(keys) < cfg.num_pairs:
@@ -72,10 +64,5 @@ def make_dataset(split: str, n: int, seed: int = 0,
   if n < 0:
     raise ValueError(f"n must be >= 0, got {n}")
   rng = random.Random(f"jaxpost.kv_retrieval/{split}/{seed}/{cfg}")
-  records = []
-  while len(records) < n:
-    record = _sample(rng, cfg)
-    if split_of(record["prompt"]) == split:
-      records.append(record)
-  return records
+  return draw_from_split(lambda: _sample(rng, cfg), split, n)
 
