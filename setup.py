@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "math-verify>=0.8",
     "matplotlib>=3.9",
     "tensorboardX>=2.6",
+    "jinja2>=3.1",  # chat templates (transformers imports it lazily)
 ]
 
 TEST_REQUIRES = [
