@@ -87,10 +87,12 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
                                      reward_fn=reward_fn, decode=decode, mesh=mesh)
       rollout_s = time.perf_counter() - clock
       loss_batch = {k: v for k, v in batch.items() if k not in _NOT_FOR_LOSS}
-      if cfg.updates_per_step > 1:  # later updates are off-policy: ratios need the rollout policy's log-probs
-        loss_batch["old_logps"] = logps_fn(state.params, shard_batch(loss_batch, mesh))
-      if reference is not None:
-        loss_batch["ref_logps"] = logps_fn(reference, shard_batch(loss_batch, mesh))
+      if cfg.updates_per_step > 1 or reference is not None:
+        rollouts_on_mesh = shard_batch(loss_batch, mesh)
+        if cfg.updates_per_step > 1:  # later updates are off-policy: ratios need the rollout policy's log-probs
+          loss_batch["old_logps"] = logps_fn(state.params, rollouts_on_mesh)
+        if reference is not None:
+          loss_batch["ref_logps"] = logps_fn(reference, rollouts_on_mesh)
       clock = time.perf_counter()
       state, update_metrics = _update(state, loss_batch, step_fn, cfg, mesh, np.random.default_rng([cfg.seed, step]))
       update_s = time.perf_counter() - clock
