@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every = 10
   c.num_eval = 128
   c.prompts_per_step = 8
+  c.num_minibatches = 1  # one optimizer update per step, as the SFT runs
+  c.learning_rate = 1e-4
+  c.warmup_steps = 5
   c.sft_learning_rate = 3e-4
   c.seeds = (0,)
   c.runs = RUNS

@@ -3,11 +3,10 @@ hyper-scaling view (accuracy at equal KV memory when the saved memory buys more 
 
   python -m experiments.kv_compression --workdir runs/kv_compression \
       --config.checkpoint=runs/sft_arith/hf \
-      --config.dms_checkpoints="((4, 'runs/dms_cr4/hf'), (8, 'runs/dms_cr8/hf'))"
+      --config.dms_checkpoints="((4, 'runs/dms_retrofit/cr4/hf'), (8, 'runs/dms_retrofit/cr8/hf'))"
 
 `checkpoint`: the dense model (experiments/sft_arith writes workdir/hf); `dms_checkpoints`: (nominal CR, path)
-pairs of DMS-retrofitted models (their config must carry DMS settings, else `dms_window` with the query-neuron
-variant is assumed). `task`: an arithmetic task, or `kv_retrieval` (the checkpoint must then be trained on it).
+pairs of DMS-retrofitted models (experiments/dms_retrofit writes them, DMS settings in their config.json). `task`: an arithmetic task, or `kv_retrieval` (the checkpoint must then be trained on it).
 Memory is measured, not assumed: each cache replays prompt + reference completion of every held-out problem and
 reports the KV tokens it holds per (sequence, layer, KV head) at the end (Quest: tokens read per decode step; it
 holds everything). Writes kv_compression.md, kv_compression.png and results.json to the workdir.
@@ -32,7 +31,6 @@ from jaxpost.evaluate import EvalConfig, evaluate
 from jaxpost.experiment import run_experiment
 from jaxpost.generate import left_pad
 from jaxpost.models import baseline_caches as bc
-from jaxpost.models.dms import DMSConfig
 from jaxpost.models.dms_cache import DMSCacheFactory
 
 
@@ -40,14 +38,13 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.checkpoint = ""
   c.dms_checkpoints = ()  # ((nominal_cr, path), ...)
-  c.dms_window = 16
   c.task = "easy"
   c.retrieval_pairs = 16  # kv_retrieval only
   c.num_eval = 128
   c.seed = 0
   c.completion_len = 96
   c.batch_size = 64
-  c.budgets = (16, 24, 32, 48, 64)  # KV tokens per (sequence, layer, KV head); Quest: tokens read per step
+  c.budgets = (6, 10, 16, 24, 48)  # KV tokens per (sequence, layer, KV head); Quest: tokens read per step
   c.sinks = 4
   c.h2o_recent_fraction = 0.5
   c.quest_page_size = 8
@@ -81,15 +78,12 @@ def _settings(config, dms_keys: list[str]) -> list[Setting]:
   return rows
 
 
-def _load_dms(path: str, window: int) -> models.Decoder:
-  """A DMS checkpoint; without DMS settings in its config, the query-neuron variant (no extra weights) is assumed."""
+def _load_dms(path: str) -> models.Decoder:
+  """A DMS-retrofitted checkpoint; one whose config.json has no DMS settings is refused."""
   model = models.from_pretrained(path)
-  if model.cfg.dms is not None:
-    return model
-  with_dms = nnx.eval_shape(lambda: models.Decoder(
-      dataclasses.replace(model.cfg, dms=DMSConfig(variant="query_neuron", window=window)), rngs=nnx.Rngs(0)))
-  graphdef, _ = nnx.split(with_dms)
-  return nnx.merge(graphdef, nnx.state(model))
+  if model.cfg.dms is None:
+    raise ValueError(f"kv_compression: {path}/config.json has no 'dms' settings; is it a DMS retrofit?")
+  return model
 
 
 def _records(config, split: str, n: int, seed: int):
@@ -158,7 +152,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       [float(extract(c) == a) for c, a in zip(completions, answers)])
   loaded = {"dense": models.from_pretrained(config.checkpoint)}
   for cr, path in config.dms_checkpoints:
-    loaded[f"dms_cr{cr}"] = _load_dms(path, config.dms_window)
+    loaded[f"dms_cr{cr}"] = _load_dms(path)
   greedy = EvalConfig(completion_len=config.completion_len, batch_size=config.batch_size)
   rows = []
   for s in _settings(config, [k for k in loaded if k != "dense"]):

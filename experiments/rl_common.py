@@ -40,6 +40,8 @@ def rl_config(method: str) -> ml_collections.ConfigDict:
   c.completion_len = 64
   c.temperature = 1.0
   c.learning_rate = 2e-5  # paper: 1e-6 for 7B models
+  c.warmup_steps = 0  # optimizer updates of linear warmup (lets Adam's moment estimates settle first)
+  c.informative_only = False  # update only on groups whose rewards differ (DAPO's dynamic-sampling filter)
   c.num_iterations = 1
   c.num_minibatches = 2
   c.eval_every = 10
@@ -56,7 +58,8 @@ def rl_config(method: str) -> ml_collections.ConfigDict:
 
 def method_and_loss(c: ml_collections.ConfigDict):
   """The rollout method and the loss function named by `c.method`."""
-  policy = GRPOConfig(loss_type=c.loss_type, beta=c.beta, max_completion_length=c.completion_len)
+  policy = GRPOConfig(loss_type=c.loss_type, beta=c.beta, max_completion_length=c.completion_len,
+                      temperature=c.temperature)
   if c.method == "grpo":
     return GRPOMethod(), make_grpo_loss(policy)
   if c.method == "prefix_rft":
@@ -76,13 +79,13 @@ def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   method, loss_fn = method_and_loss(c)
   start_accuracy = _start_accuracy(c, workdir, evaluator)
   rollout = RolloutConfig(group_size=c.group_size, completion_len=c.completion_len, temperature=c.temperature,
-                          stop_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id)
+                          stop_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id, pad_multiple=16)
   updates = c.steps * c.num_iterations * c.num_minibatches
   cfg = RLConfig(total_steps=c.steps, num_iterations=c.num_iterations, num_minibatches=c.num_minibatches,
-                 reference=c.beta > 0, eval_every=c.eval_every, seed=c.seed, progress=c.progress,
-                 mesh=MeshConfig(**c.mesh),
+                 reference=c.beta > 0, informative_only=c.informative_only, eval_every=c.eval_every, seed=c.seed,
+                 progress=c.progress, mesh=MeshConfig(**c.mesh),
                  optimizer=OptimizerConfig(learning_rate=c.learning_rate, schedule="constant", total_steps=updates,
-                                           clip_norm=1.0),
+                                           warmup_steps=c.warmup_steps, clip_norm=1.0),
                  checkpoint=CheckpointConfig(save_every=c.save_every))
   prompts = data.prompt_iterator(train_records, tokenizer,
                                  data.IteratorConfig(batch_size=c.prompts_per_step, seed=c.seed))

@@ -15,17 +15,25 @@ def grouped_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax
   `mask_BxTxS` says which keys each query may see; `bias_BxKxTxS` (optional, e.g. DMS eviction) is added to the
   scores of every query head of a group.
   """
+  return head_major_attention(q_BxTxHxD, jnp.swapaxes(k_BxSxKxD, 1, 2), jnp.swapaxes(v_BxSxKxD, 1, 2),
+                              mask_BxTxS, bias_BxKxTxS)
+
+
+def head_major_attention(q_BxTxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array,
+                         mask_BxTxS: jax.Array, bias_BxKxTxS: jax.Array | None = None) -> jax.Array:
+  """`grouped_attention` with keys and values stored head-major ([B, K, S, D]), the layout a KV cache keeps:
+  both matmuls then read the cache in place, with no transpose of it at each decode step."""
   b, t, h, d = q_BxTxHxD.shape
-  k = k_BxSxKxD.shape[2]
-  q_BxTxKxGxD = q_BxTxHxD.reshape(b, t, k, h // k, d)
-  scores_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD,
+  k = k_BxKxSxD.shape[1]
+  q_BxKxGxTxD = jnp.transpose(q_BxTxHxD.reshape(b, t, k, h // k, d), (0, 2, 3, 1, 4))
+  scores_BxKxGxTxS = jnp.einsum("bkgtd,bksd->bkgts", q_BxKxGxTxD, k_BxKxSxD,
                                 preferred_element_type=jnp.float32) * (d ** -0.5)
   if bias_BxKxTxS is not None:
     scores_BxKxGxTxS = scores_BxKxGxTxS + bias_BxKxTxS[:, :, None].astype(jnp.float32)
   scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, _MASKED)
-  probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxD.dtype)
-  out_BxTxKxGxD = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
-  return out_BxTxKxGxD.reshape(b, t, h, d)
+  probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxKxSxD.dtype)
+  out_BxKxGxTxD = jnp.einsum("bkgts,bksd->bkgtd", probs, v_BxKxSxD)
+  return jnp.transpose(out_BxKxGxTxD, (0, 3, 1, 2, 4)).reshape(b, t, h, d)
 
 
 def segment_causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:

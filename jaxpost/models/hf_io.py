@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Iterator
@@ -15,6 +16,7 @@ from safetensors.numpy import save_file
 
 from jaxpost.models.config import MODEL_TYPES, ModelConfig, RopeScaling
 from jaxpost.models.decoder import Decoder
+from jaxpost.models.dms import DMSConfig
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
 _INDEX_FILE = "model.safetensors.index.json"
@@ -54,6 +56,12 @@ def config_from_hf(hf: dict, *, source: str = "config.json", dtype: str = "float
                           original_max_position_embeddings=rope["original_max_position_embeddings"])
   heads = hf["num_attention_heads"]
   eos = hf.get("eos_token_id")
+  dms = None
+  if hf.get("dms") is not None:
+    try:
+      dms = DMSConfig(**hf["dms"])
+    except (TypeError, ValueError) as error:
+      raise CheckpointError(f"{source}: key 'dms' is not a valid DMS config: {error}") from None
   return ModelConfig(
       model_type=model_type,
       vocab_size=hf["vocab_size"],
@@ -74,6 +82,7 @@ def config_from_hf(hf: dict, *, source: str = "config.json", dtype: str = "float
       eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
       dtype=dtype,
       param_dtype=param_dtype or dtype,
+      dms=dms,
   )
 
 
@@ -108,6 +117,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
   }
   if cfg.rope_scaling is not None:
     hf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+  if cfg.dms is not None:  # our key; transformers keeps unknown keys and ignores them
+    hf["dms"] = dataclasses.asdict(cfg.dms)
   if cfg.model_type == "qwen2":
     hf["use_sliding_window"] = False
   else:
@@ -138,6 +149,10 @@ def tensor_map(cfg: ModelConfig) -> dict[str, tuple[tuple, bool]]:
         names[hf + f"self_attn.{norm}.weight"] = (ours + ("attn", norm, "scale"), False)
     for proj in ("gate_proj", "up_proj", "down_proj"):
       names[hf + f"mlp.{proj}.weight"] = (ours + ("mlp", proj, "kernel"), True)
+    if cfg.dms is not None and cfg.dms.variant == "adapter":  # extra tensors transformers skips when loading
+      names[hf + "self_attn.dms_norm.weight"] = (ours + ("attn", "dms_norm", "scale"), False)
+      names[hf + "self_attn.dms_proj.weight"] = (ours + ("attn", "dms_proj", "kernel"), True)
+      names[hf + "self_attn.dms_proj.bias"] = (ours + ("attn", "dms_proj", "bias"), False)
   return names
 
 

@@ -13,7 +13,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jaxpost.models.attention import grouped_attention
+from jaxpost.models.attention import head_major_attention
 from jaxpost.models.config import ModelConfig
 
 
@@ -37,9 +37,10 @@ class DenseKVCache:
 
   Prompts may be left-padded; padding columns are never attended to. Capacity must cover prompt plus
   generated tokens (writes past the end would be clamped by XLA, so `begin_step` callers size it right).
+  Keys and values are stored head-major, so each decode step reads them without a transpose.
   """
 
-  keys: tuple[jax.Array, ...]  # per layer [B, S, K, D]
+  keys: tuple[jax.Array, ...]  # per layer [B, K, S, D]
   values: tuple[jax.Array, ...]
   valid_BxS: jax.Array
   end: jax.Array  # int32 scalar: columns written so far
@@ -47,7 +48,7 @@ class DenseKVCache:
 
   @classmethod
   def create(cls, cfg: ModelConfig, batch_size: int, capacity: int, dtype=None) -> "DenseKVCache":
-    shape = (batch_size, capacity, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)
     dtype = dtype or cfg.compute_dtype
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return cls(keys=zeros, values=zeros, valid_BxS=jnp.zeros((batch_size, capacity), bool),
@@ -63,15 +64,14 @@ class DenseKVCache:
 
   def attend(self, layer, q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, evict_logits_BxTxK=None):
     del evict_logits_BxTxK  # a dense cache keeps everything
-    keys = jax.lax.dynamic_update_slice(self.keys[layer], k_BxTxKxD.astype(self.keys[layer].dtype),
-                                        (0, self.end, 0, 0))
-    values = jax.lax.dynamic_update_slice(self.values[layer], v_BxTxKxD.astype(self.values[layer].dtype),
-                                          (0, self.end, 0, 0))
+    write = lambda cache_BxKxSxD, new_BxTxKxD: jax.lax.dynamic_update_slice(
+        cache_BxKxSxD, jnp.swapaxes(new_BxTxKxD, 1, 2).astype(cache_BxKxSxD.dtype), (0, 0, self.end, 0))
+    keys, values = write(self.keys[layer], k_BxTxKxD), write(self.values[layer], v_BxTxKxD)
     t = q_BxTxHxD.shape[1]
     query_col_T = self.end + jnp.arange(t)
     causal_TxS = jnp.arange(self.capacity)[None, :] <= query_col_T[:, None]
     mask_BxTxS = causal_TxS[None] & self.valid_BxS[:, None, :]
-    out = grouped_attention(q_BxTxHxD, keys, values, mask_BxTxS)
+    out = head_major_attention(q_BxTxHxD, keys, values, mask_BxTxS)
     new = self.replace(keys=_set(self.keys, layer, keys), values=_set(self.values, layer, values))
     return out, new
 
@@ -80,7 +80,7 @@ class DenseKVCache:
 
   def live_bytes(self) -> jax.Array:
     """Bytes of keys and values held for valid tokens."""
-    per_token = sum(k.shape[2] * k.shape[3] * k.dtype.itemsize for k in self.keys) * 2
+    per_token = sum(k.shape[1] * k.shape[3] * k.dtype.itemsize for k in self.keys) * 2
     return jnp.sum(self.valid_BxS) * per_token
 
 

@@ -164,6 +164,29 @@ def make_experience(model, prompts: PromptBatch, rng: jax.Array, step: int, *, m
   return batch, stats
 
 
+def informative_groups(batch: dict[str, np.ndarray], group_size: int, *, row_multiple: int
+                       ) -> tuple[dict[str, np.ndarray], float]:
+  """The rows of the groups whose advantages are not all zero, padded with empty rows (mask 0, advantage 0) to a
+  multiple of `row_multiple`, so update shapes (and compilations) stay few; and the fraction of groups kept.
+
+  A group whose members all got the same reward has zero advantages everywhere: with no KL or entropy term it adds
+  nothing to the policy gradient, only compute. Dropping it is DAPO's dynamic-sampling filter without the resampling;
+  the loss then averages over the informative rows only.
+  """
+  rows = len(batch["advantages"])
+  advantages_GxR = np.abs(batch["advantages"].reshape(rows // group_size, -1))
+  keep_G = advantages_GxR.max(axis=1) > 0
+  keep_N = np.repeat(keep_G, group_size)
+  kept = int(keep_N.sum())
+  padded = max(row_multiple, -(-kept // row_multiple) * row_multiple)
+  index_N = np.concatenate([np.flatnonzero(keep_N), np.zeros(padded - kept, np.int64)])
+  out = {k: np.asarray(v)[index_N] for k, v in batch.items()}
+  for key in ("completion_mask", "prefix_mask", "advantages"):
+    if key in out:
+      out[key][kept:] = 0
+  return out, float(keep_G.mean())
+
+
 def _right_pad(sequences: Sequence[Sequence[int]], *, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   tokens = np.full((len(sequences), width), pad_id, np.int32)
   mask = np.zeros((len(sequences), width), np.int32)

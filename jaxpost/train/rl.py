@@ -18,7 +18,7 @@ from flax import nnx
 from jaxpost.losses import completion_logps
 from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer
 from jaxpost.data import PromptBatch
-from jaxpost.train.experience import Method, RewardFn, RolloutConfig, make_experience
+from jaxpost.train.experience import Method, RewardFn, RolloutConfig, informative_groups, make_experience
 from jaxpost.train.loop import check_finite, initial_state
 from jaxpost.train.mesh import MeshConfig, initialize_distributed, make_mesh
 from jaxpost.train.metrics import MetricsWriter
@@ -39,6 +39,8 @@ class RLConfig:
   num_iterations: int = 1
   num_minibatches: int = 1
   reference: bool = False
+  informative_only: bool = False  # update only on groups with a nonzero advantage (needs no KL/entropy term)
+  row_multiple: int = 64  # with informative_only: rows are padded to a multiple of this (few update shapes)
   eval_every: int = 0  # 0: evaluate only at the end (when an evaluate function is given)
   seed: int = 0
   mesh: MeshConfig = MeshConfig()
@@ -50,6 +52,9 @@ class RLConfig:
     if min(self.total_steps, self.num_iterations, self.num_minibatches) < 1 or self.eval_every < 0:
       raise ValueError(f"RLConfig: total_steps, num_iterations, num_minibatches must be >= 1 and eval_every >= 0, "
                        f"got {self.total_steps}, {self.num_iterations}, {self.num_minibatches}, {self.eval_every}")
+    if self.informative_only and self.row_multiple % self.num_minibatches:
+      raise ValueError(f"RLConfig: row_multiple {self.row_multiple} must be a multiple of num_minibatches "
+                       f"{self.num_minibatches}")
 
   @property
   def updates_per_step(self) -> int:
@@ -71,7 +76,9 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
                                   checkpointer=checkpointer, data=prompts)
   step_fn = make_train_step(graphdef=graphdef, loss_fn=loss_fn, optimizer=cfg.optimizer, mesh=mesh,
                             state_shardings=jax.tree.map(lambda x: x.sharding, state))
-  logps_fn = jax.jit(lambda params, batch: completion_logps(nnx.merge(graphdef, params), batch)[0])
+  # Old-policy and reference log-probs at the rollout temperature, as the loss computes its own (TRL's convention).
+  logps_fn = jax.jit(lambda params, batch: completion_logps(nnx.merge(graphdef, params), batch,
+                                                            temperature=rollout.temperature or 1.0)[0])
   reference = nnx.state(model_fn(), nnx.Param) if cfg.reference else None
   start = int(state.step) // cfg.updates_per_step
   writer = MetricsWriter(workdir, start_step=start, total_steps=cfg.total_steps, progress=cfg.progress)
@@ -87,6 +94,9 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
                                      reward_fn=reward_fn, decode=decode, mesh=mesh)
       rollout_s = time.perf_counter() - clock
       loss_batch = {k: v for k, v in batch.items() if k not in _NOT_FOR_LOSS}
+      if cfg.informative_only:
+        loss_batch, stats["groups/informative_fraction"] = informative_groups(
+            loss_batch, rollout.group_size, row_multiple=cfg.row_multiple)
       if cfg.updates_per_step > 1 or reference is not None:
         rollouts_on_mesh = shard_batch(loss_batch, mesh)
         if cfg.updates_per_step > 1:  # later updates are off-policy: ratios need the rollout policy's log-probs
@@ -96,7 +106,7 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
       clock = time.perf_counter()
       state, update_metrics = _update(state, loss_batch, step_fn, cfg, mesh, np.random.default_rng([cfg.seed, step]))
       update_s = time.perf_counter() - clock
-      tokens = batch["completion_mask"].sum() + batch["prompt_mask"].sum()
+      tokens = loss_batch["completion_mask"].sum() + loss_batch["prompt_mask"].sum()
       metrics = {**stats, **update_metrics, "rollout_tokens_per_s": batch["completion_mask"].sum() / rollout_s,
                  "update_tokens_per_s": tokens * cfg.num_iterations / update_s}
       if evaluate is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0)

@@ -69,3 +69,8 @@ def test_unsupported_rope_type(good_dir, tmp_path):
     config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}
   directory = _copy_with(good_dir, tmp_path, edit_config=yarn)
   _single_line_error(directory, "rope_type 'yarn' is not supported")
+
+
+def test_invalid_dms_settings(good_dir, tmp_path):
+  directory = _copy_with(good_dir, tmp_path, edit_config=lambda c: c.update(dms={"variant": "oracle"}))
+  _single_line_error(directory, r"config.json: key 'dms' is not a valid DMS config")

@@ -1,11 +1,14 @@
 """Logits of jaxpost's decoder against `transformers` on the same random checkpoints."""
 
+import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 import jaxpost.models as jm
+from jaxpost.models import dms
 from tests.models.hf_reference import build_hf_model, hf_logits
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3")
@@ -80,3 +83,20 @@ def test_our_sharded_save_reloads_exactly(checkpoint, tmp_path):
   assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 1
   tokens = np.random.RandomState(4).randint(0, 97, (1, 6))
   np.testing.assert_array_equal(np.asarray(jm.from_pretrained(str(tmp_path))(tokens)), np.asarray(ours(tokens)))
+
+
+def test_dms_model_round_trips_with_its_settings_and_adapter(checkpoint, tmp_path):
+  """A DMS retrofit saves its settings and adapter tensors; reloading gives the same evicting model, and
+  transformers still reads the base model (the extra key and tensors are ignored there)."""
+  _, ours, _ = checkpoint
+  cfg = ours.cfg.replace(dms=jm.DMSConfig(variant="adapter", window=2))
+  dms_model = jm.Decoder(cfg, rngs=nnx.Rngs(5))
+  nnx.update(dms_model, jax.tree.map(lambda x: x + 0.1, nnx.state(dms_model, nnx.Param)))  # nonzero adapter too
+  jm.save_pretrained(dms_model, str(tmp_path))
+  reloaded = jm.from_pretrained(str(tmp_path))
+  assert reloaded.cfg.dms == cfg.dms
+  tokens = np.random.RandomState(5).randint(1, 97, (2, 12))
+  evicting = lambda m: dms.forward(m, tokens, mode="hard")[0]
+  np.testing.assert_array_equal(np.asarray(evicting(reloaded)), np.asarray(evicting(dms_model)))
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+  np.testing.assert_allclose(hf_logits(theirs, tokens), np.asarray(dms_model(tokens)), atol=TOL, rtol=0)

@@ -9,7 +9,8 @@ import jaxpost.models as jm
 from jaxpost.data import PromptBatch
 from jaxpost.generate import SamplingConfig, generate, left_pad
 from jaxpost.losses import PrefixRFTConfig, group_advantages
-from jaxpost.train.experience import GRPOMethod, LUFFYMethod, PrefixRFTMethod, RolloutConfig, make_experience
+from jaxpost.train.experience import (GRPOMethod, LUFFYMethod, PrefixRFTMethod, RolloutConfig, informative_groups,
+                                      make_experience)
 
 G, C = 4, 12
 
@@ -100,3 +101,16 @@ def test_methods_with_demonstrations_refuse_a_batch_without_them(model):
   with pytest.raises(ValueError, match="LUFFYMethod needs demonstrations"):
     make_experience(model, no_demos, jax.random.key(0), 0, method=LUFFYMethod(), cfg=RolloutConfig(),
                     reward_fn=_reward, decode=_decode)
+
+
+def test_informative_groups_keep_exactly_the_groups_with_a_nonzero_advantage():
+  rewards = np.asarray([1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 1, 0], np.float32)  # 3 groups of 4: mixed, uniform, mixed
+  advantages = np.asarray(group_advantages(rewards, 4))
+  batch = {"prompt_tokens": np.arange(12)[:, None], "completion_mask": np.ones((12, 3), np.int32),
+           "advantages": advantages}
+  kept, fraction = informative_groups(batch, 4, row_multiple=16)
+  assert fraction == pytest.approx(2 / 3)
+  assert kept["prompt_tokens"].shape == (16, 1)
+  np.testing.assert_array_equal(kept["prompt_tokens"][:8, 0], [0, 1, 2, 3, 8, 9, 10, 11])
+  np.testing.assert_array_equal(kept["advantages"][:8], advantages[[0, 1, 2, 3, 8, 9, 10, 11]])
+  assert not kept["completion_mask"][8:].any() and not kept["advantages"][8:].any()  # padding rows are empty
