@@ -29,13 +29,14 @@ def digit_fraction(prompts, completions, answers):
   return np.asarray([sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions], np.float32)
 
 
-def _run(workdir, total_steps, *, learning_rate=3e-3, num_iterations=1, num_minibatches=1):
+def _run(workdir, total_steps, *, learning_rate=3e-3, num_iterations=1, num_minibatches=1, temperature=1.0):
   prompts = data.prompt_iterator(RECORDS, TOKENIZER, data.IteratorConfig(batch_size=4, seed=0))
   cfg = RLConfig(total_steps=total_steps, num_iterations=num_iterations, num_minibatches=num_minibatches,
                  progress=False, optimizer=OptimizerConfig(learning_rate=learning_rate, schedule="constant"),
                  checkpoint=CheckpointConfig(save_every=1, async_save=False))
-  rollout = RolloutConfig(group_size=4, completion_len=8, temperature=1.0, stop_ids=(TOKENIZER.eos_token_id,))
-  return rl_train(model_fn=_model, loss_fn=make_grpo_loss(GRPOConfig()), method=GRPOMethod(), rollout=rollout,
+  rollout = RolloutConfig(group_size=4, completion_len=8, temperature=temperature,
+                          stop_ids=(TOKENIZER.eos_token_id,))
+  return rl_train(model_fn=_model, loss_fn=make_grpo_loss(GRPOConfig(temperature=temperature)), method=GRPOMethod(), rollout=rollout,
                   prompts=prompts, reward_fn=digit_fraction,
                   decode=lambda ids: TOKENIZER.decode(ids, skip_special_tokens=True), workdir=str(workdir), cfg=cfg)
 
@@ -54,3 +55,12 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
   assert [m["step"] for m in read_metrics(str(tmp_path / "resumed"))] == [1, 2, 3]
+
+
+def test_old_logps_are_taken_at_the_rollout_temperature(tmp_path):
+  """With the policy frozen (lr 0), off-policy mini-batches must see ratio exactly 1: old log-probs and the loss's
+  log-probs both divide the logits by the rollout temperature."""
+  _run(tmp_path, 1, learning_rate=0.0, num_minibatches=2, temperature=0.7)
+  (metrics,) = read_metrics(str(tmp_path))
+  for key in ("ratio/min", "ratio/mean", "ratio/max"):
+    assert metrics[key] == pytest.approx(1.0, abs=1e-5), (key, metrics[key])
