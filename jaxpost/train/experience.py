@@ -187,6 +187,20 @@ def informative_groups(batch: dict[str, np.ndarray], group_size: int, *, row_mul
   return out, float(keep_G.mean())
 
 
+def trim_completions(batch: dict[str, np.ndarray], *, multiple: int) -> dict[str, np.ndarray]:
+  """The batch with completion columns past the longest completion dropped (width rounded up to `multiple`, so
+  update shapes and compilations stay few): those columns are padding in every row and cost update compute only.
+
+  Every array as wide as `completion_mask` ([N, C] per-token arrays) is cut. A loss normalised by the width
+  (dr_grpo without `max_completion_length`) would change: set `max_completion_length` for such losses.
+  """
+  mask_NxC = batch["completion_mask"]
+  width = mask_NxC.shape[1]
+  longest = int(np.max(np.flatnonzero(mask_NxC.any(axis=0)), initial=-1)) + 1
+  keep = min(width, max(multiple, -(-longest // multiple) * multiple))
+  return {k: v[:, :keep] if v.ndim == 2 and v.shape == mask_NxC.shape else v for k, v in batch.items()}
+
+
 def _right_pad(sequences: Sequence[Sequence[int]], *, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   tokens = np.full((len(sequences), width), pad_id, np.int32)
   mask = np.zeros((len(sequences), width), np.int32)

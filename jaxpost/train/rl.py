@@ -18,7 +18,8 @@ from flax import nnx
 from jaxpost.losses import completion_logps
 from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer
 from jaxpost.data import PromptBatch
-from jaxpost.train.experience import Method, RewardFn, RolloutConfig, informative_groups, make_experience
+from jaxpost.train.experience import (Method, RewardFn, RolloutConfig, informative_groups, make_experience,
+                                     trim_completions)
 from jaxpost.train.loop import check_finite, initial_state
 from jaxpost.train.mesh import MeshConfig, initialize_distributed, make_mesh
 from jaxpost.train.metrics import MetricsWriter
@@ -41,6 +42,8 @@ class RLConfig:
   reference: bool = False
   informative_only: bool = False  # update only on groups with a nonzero advantage (needs no KL/entropy term)
   row_multiple: int = 64  # with informative_only: rows are padded to a multiple of this (few update shapes)
+  trim_multiple: int = 16  # updates drop completion columns past the longest completion, kept to a multiple of
+  # this (0: keep the full completion_len); a loss normalised by width needs max_completion_length set
   eval_every: int = 0  # 0: evaluate only at the end (when an evaluate function is given)
   seed: int = 0
   mesh: MeshConfig = MeshConfig()
@@ -52,6 +55,8 @@ class RLConfig:
     if min(self.total_steps, self.num_iterations, self.num_minibatches) < 1 or self.eval_every < 0:
       raise ValueError(f"RLConfig: total_steps, num_iterations, num_minibatches must be >= 1 and eval_every >= 0, "
                        f"got {self.total_steps}, {self.num_iterations}, {self.num_minibatches}, {self.eval_every}")
+    if self.trim_multiple < 0:
+      raise ValueError(f"RLConfig.trim_multiple must be >= 0 (0: off), got {self.trim_multiple}")
     if self.informative_only and self.row_multiple % self.num_minibatches:
       raise ValueError(f"RLConfig: row_multiple {self.row_multiple} must be a multiple of num_minibatches "
                        f"{self.num_minibatches}")
@@ -94,6 +99,8 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
                                      reward_fn=reward_fn, decode=decode, mesh=mesh)
       rollout_s = time.perf_counter() - clock
       loss_batch = {k: v for k, v in batch.items() if k not in _NOT_FOR_LOSS}
+      if cfg.trim_multiple:
+        loss_batch = trim_completions(loss_batch, multiple=cfg.trim_multiple)
       if cfg.informative_only:
         loss_batch, stats["groups/informative_fraction"] = informative_groups(
             loss_batch, rollout.group_size, row_multiple=cfg.row_multiple)

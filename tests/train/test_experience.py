@@ -8,9 +8,9 @@ from flax import nnx
 import jaxpost.models as jm
 from jaxpost.data import PromptBatch
 from jaxpost.generate import SamplingConfig, generate, left_pad
-from jaxpost.losses import PrefixRFTConfig, group_advantages
+from jaxpost.losses import PrefixRFTConfig, group_advantages, policy_loss
 from jaxpost.train.experience import (GRPOMethod, LUFFYMethod, PrefixRFTMethod, RolloutConfig, informative_groups,
-                                      make_experience)
+                                      make_experience, trim_completions)
 
 G, C = 4, 12
 
@@ -114,3 +114,23 @@ def test_informative_groups_keep_exactly_the_groups_with_a_nonzero_advantage():
   np.testing.assert_array_equal(kept["prompt_tokens"][:8, 0], [0, 1, 2, 3, 8, 9, 10, 11])
   np.testing.assert_array_equal(kept["advantages"][:8], advantages[[0, 1, 2, 3, 8, 9, 10, 11]])
   assert not kept["completion_mask"][8:].any() and not kept["advantages"][8:].any()  # padding rows are empty
+
+
+def test_trim_completions_drops_only_all_padding_columns_and_keeps_the_loss():
+  mask = np.zeros((3, 12), np.int32)
+  mask[0, :5], mask[1, :2], mask[2, :1] = 1, 1, 1  # longest completion: 5 tokens
+  rng = np.random.RandomState(0)
+  batch = {"prompt_tokens": np.arange(6).reshape(3, 2), "prompt_mask": np.ones((3, 2), np.int32),
+           "completion_tokens": rng.randint(0, 9, (3, 12)), "completion_mask": mask,
+           "advantages": np.asarray([1.0, -0.5, -0.5], np.float32), "logps": rng.randn(3, 12).astype(np.float32)}
+  trimmed = trim_completions(batch, multiple=4)
+  assert trimmed["completion_mask"].shape == (3, 8) and trimmed["logps"].shape == (3, 8)
+  np.testing.assert_array_equal(trimmed["prompt_tokens"], batch["prompt_tokens"])  # other widths untouched
+  np.testing.assert_array_equal(trimmed["completion_tokens"], batch["completion_tokens"][:, :8])
+  for loss_type in ("grpo", "bnpo", "dr_grpo"):
+    full, _ = policy_loss(batch["logps"], batch["logps"] - 0.1, batch["advantages"], batch["completion_mask"],
+                          loss_type=loss_type, max_completion_length=12)
+    cut, _ = policy_loss(trimmed["logps"], trimmed["logps"] - 0.1, trimmed["advantages"],
+                         trimmed["completion_mask"], loss_type=loss_type, max_completion_length=12)
+    np.testing.assert_allclose(cut, full, rtol=1e-6)
+  assert trim_completions(batch, multiple=16)["completion_mask"].shape == (3, 12)  # never wider than the batch
