@@ -4,7 +4,9 @@
 
 For each target CR: distillation + compression loss for `steps_per_cr * CR` steps (adapter variant by default: the
 base model is untouched at step 0, so training starts from zero eviction and zero KL; `workdir/cr<N>/hf` carries the
-DMS settings in config.json and the adapter tensors, and experiments/kv_compression loads it as it is),
+DMS settings in config.json and the adapter tensors, and experiments/kv_compression loads it as it is). The teacher
+is the original dense model, frozen (`teacher="original"`, as in the paper); `teacher="self"` distils from the
+trained parameters with eviction off instead, which lets both drift together when every parameter trains,
 then held-out accuracy decoding with the compressed cache, the measured compression (live KV tokens after replaying
 prompt + reference answer), and decode tokens/s against the dense cache. Hyper-scaling: majority vote over n
 samples, accuracy against the KV memory it takes (n x measured tokens held per sample), dense vs DMS.
@@ -51,6 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dms = ml_collections.ConfigDict(dict(variant="adapter", window=4, tau=0.1, scale=100.0, offset=5.0))
   c.learning_rate = 1e-4  # the paper's 3e-5 is for billion-parameter models
   c.trainable = ml_collections.config_dict.placeholder(str)  # regex of params to train (e.g. "dms_"); None: all
+  c.teacher = "original"  # "original": the frozen dense model; "self": the trained parameters with eviction off
+  c.warmup_fraction = 0.1  # of the steps, linear warmup: fresh Adam moments after a converged SFT run
   c.completion_len = 96
   c.eval_batch_size = 128
   c.vote_samples = (1, 2, 4, 8)
@@ -82,6 +86,31 @@ class _WithStep:
     self.step = int(state["step"])
 
 
+class _WithTeacher:
+  """Wraps an SFT batch iterator, adding `teacher_logits` of a frozen model (the original, dense one) to each batch,
+  so `make_dms_loss` distils from it; resumable like the inner iterator (get_state/set_state)."""
+
+  def __init__(self, inner, teacher):
+    self.inner = inner
+    graphdef, self._params = nnx.split(teacher)
+    self._logits = jax.jit(lambda params, batch: nnx.merge(graphdef, params)(
+        batch["tokens"], positions=batch.get("positions"), segment_ids=batch.get("segment_ids")))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self.inner)
+    model_inputs = {k: batch[k] for k in ("tokens", "positions", "segment_ids") if k in batch}
+    return {**batch, "teacher_logits": np.asarray(self._logits(self._params, model_inputs))}
+
+  def get_state(self) -> dict:
+    return self.inner.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.inner.set_state(state)
+
+
 def _with_dms(dense: models.Decoder, dms_cfg: DMSConfig) -> models.Decoder:
   """The dense model's weights in a DMS model (new adapter weights, if any, as initialised: zero, no eviction)."""
   model = models.Decoder(dense.cfg.replace(dms=dms_cfg), rngs=nnx.Rngs(0))
@@ -93,11 +122,16 @@ def _retrofit(config, dense, tokenizer, target_cr: int, workdir: str) -> models.
   steps = config.steps_per_cr * target_cr
   examples = data.encode_records(tokenizer, data.make_dataset(config.task, "train", config.num_train,
                                                              seed=config.seed))
+  if config.teacher not in ("original", "self"):
+    raise ValueError(f"dms_retrofit: config.teacher must be 'original' or 'self', got {config.teacher!r}")
   iterator = _WithStep(data.sft_iterator(examples, data.IteratorConfig(batch_size=config.batch_size,
                                                                       seed=config.seed + target_cr),
                                          seq_len=config.seq_len, pack=True, pad_id=tokenizer.pad_token_id))
+  if config.teacher == "original":
+    iterator = _WithTeacher(iterator, dense)
   optimizer = OptimizerConfig(learning_rate=config.learning_rate, schedule="constant", total_steps=steps,
-                              b1=0.9, b2=0.95, weight_decay=0.0, clip_norm=1.0, trainable=config.trainable)
+                              warmup_steps=int(config.warmup_fraction * steps), b1=0.9, b2=0.95, weight_decay=0.0,
+                              clip_norm=1.0, trainable=config.trainable)
   loss_fn = make_dms_loss(DMSLossConfig(target_cr=float(target_cr), ramp_steps=int(0.8 * steps)))
   start = _with_dms(dense, DMSConfig(**config.dms.to_dict()))
   graphdef, state = train(model_fn=lambda: start, loss_fn=loss_fn, data=iterator, workdir=workdir,

@@ -41,6 +41,7 @@ def rl_config(method: str) -> ml_collections.ConfigDict:
   c.temperature = 1.0
   c.learning_rate = 2e-5  # paper: 1e-6 for 7B models
   c.warmup_steps = 0  # optimizer updates of linear warmup (lets Adam's moment estimates settle first)
+  c.adam_eps = 1e-8  # Adam's epsilon; near the gradients' scale it damps parameters whose gradient is tiny
   c.informative_only = False  # update only on groups whose rewards differ (DAPO's dynamic-sampling filter)
   c.num_iterations = 1
   c.num_minibatches = 2
@@ -85,7 +86,7 @@ def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                  reference=c.beta > 0, informative_only=c.informative_only, eval_every=c.eval_every, seed=c.seed,
                  progress=c.progress, mesh=MeshConfig(**c.mesh),
                  optimizer=OptimizerConfig(learning_rate=c.learning_rate, schedule="constant", total_steps=updates,
-                                           warmup_steps=c.warmup_steps, clip_norm=1.0),
+                                           warmup_steps=c.warmup_steps, eps=c.adam_eps, clip_norm=1.0),
                  checkpoint=CheckpointConfig(save_every=c.save_every))
   prompts = data.prompt_iterator(train_records, tokenizer,
                                  data.IteratorConfig(batch_size=c.prompts_per_step, seed=c.seed))

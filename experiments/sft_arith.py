@@ -30,8 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 16
   c.pack = True
   c.train = ml_collections.ConfigDict(dict(total_steps=600, save_every=200, progress=True))
+  # end_lr_ratio > 0 ends the cosine above zero: a start for RL that is used to steps of that size
   c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=60, schedule="cosine",
-                                               weight_decay=0.01, clip_norm=1.0))
+                                               end_lr_ratio=0.0, weight_decay=0.01, clip_norm=1.0))
   c.eval = ml_collections.ConfigDict(dict(every=200, completion_len=96, batch_size=128))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: all remaining devices
   return c

@@ -77,6 +77,26 @@ def test_loss_equals_its_parts_computed_independently():
   assert want_kl > 0  # the noisy student does evict
 
 
+
+def test_teacher_logits_in_the_batch_replace_the_self_teacher():
+  """Given the model's own no-eviction logits, the loss is unchanged; given another teacher's, the KL is taken
+  against that teacher (the frozen original model of a retrofit), by the same independent formula."""
+  model, batch, rng = _model(), _batch(), jax.random.key(3)
+  loss_fn = dms_loss.make_dms_loss(dms_loss.DMSLossConfig(target_cr=4.0, ramp_steps=0))
+  own = model(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+  base, _ = loss_fn(model, batch, rng)
+  same, _ = loss_fn(model, {**batch, "teacher_logits": own}, rng)
+  assert float(same) == pytest.approx(float(base), rel=1e-6)
+  other = jnp.asarray(np.random.RandomState(1).randn(*own.shape), jnp.float32)
+  _, metrics = loss_fn(model, {**batch, "teacher_logits": other}, rng)
+  student, _ = dms.forward(model, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+                           mode="soft", rng=rng)
+  real = np.asarray(batch["segment_ids"]) > 0
+  want = np.asarray(dms_loss.distillation_kl(student, other))[real].mean()
+  assert float(metrics["kl"]) == pytest.approx(float(want), rel=1e-5)
+  grads = jax.grad(lambda t: loss_fn(model, {**batch, "teacher_logits": t}, rng)[0])(other)
+  assert not np.asarray(grads).any()  # the teacher is a constant
+
 def test_a_short_retrofit_raises_eviction_to_the_target_while_kl_stays_small():
   model, batch = _model("adapter"), _batch(1)
   loss_fn = dms_loss.make_dms_loss(dms_loss.DMSLossConfig(target_cr=2.0, ramp_steps=0))
