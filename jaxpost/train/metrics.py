@@ -1,4 +1,5 @@
-"""Per-step metrics: `workdir/metrics.jsonl`, TensorBoard (tensorboardX) and a tqdm progress bar.
+"""Per-step metrics: `workdir/metrics.jsonl` (each line with its wall-clock `time`), TensorBoard (tensorboardX) and a
+tqdm progress bar.
 
 On resume from step S, lines for steps after S (written by the interrupted run after its last checkpoint) are
 dropped from metrics.jsonl and TensorBoard purges its events after S, so every step appears exactly once.
@@ -8,6 +9,7 @@ Only process 0 writes.
 import json
 import math
 import os
+import time
 
 import jax
 import tensorboardX
@@ -58,11 +60,11 @@ class MetricsWriter:
     """Records the metrics of `step` (the step count after the update) everywhere."""
     if not self.enabled:
       return
-    record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+    record = {"step": step, "time": round(time.time(), 3), **{k: float(v) for k, v in metrics.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     for name, value in record.items():
-      if name != "step" and math.isfinite(value):
+      if name not in ("step", "time") and math.isfinite(value):
         self._tb.add_scalar(name, value, step)
     postfix = {"loss": f"{record.get('loss', math.nan):.4f}"}
     if "tokens_per_s" in record:

@@ -1,6 +1,7 @@
 """The loop: NaN stops with the last good checkpoint kept; metrics.jsonl has each step once after a resume."""
 
 import json
+import time
 
 import jax
 import numpy as np
@@ -67,3 +68,13 @@ def test_metrics_resume_drops_steps_after_the_checkpoint(tmp_path):
   assert [r["loss"] for r in records] == [1.0, 0.5, 1.0 / 3, 40.0, 50.0, 60.0]
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert all(json.loads(line) for line in lines)
+
+
+def test_metrics_lines_carry_their_wall_clock_time(tmp_path):
+  before = time.time()
+  writer = MetricsWriter(str(tmp_path), start_step=0, total_steps=2, progress=False)
+  writer.write(1, {"loss": 1.0})
+  writer.write(2, {"loss": 0.5})
+  writer.close()
+  times = [r["time"] for r in read_metrics(str(tmp_path))]
+  assert before - 1 <= times[0] <= times[1] <= time.time() + 1
