@@ -122,8 +122,6 @@ def _retrofit(config, dense, tokenizer, target_cr: int, workdir: str) -> models.
   steps = config.steps_per_cr * target_cr
   examples = data.encode_records(tokenizer, data.make_dataset(config.task, "train", config.num_train,
                                                              seed=config.seed))
-  if config.teacher not in ("original", "self"):
-    raise ValueError(f"dms_retrofit: config.teacher must be 'original' or 'self', got {config.teacher!r}")
   iterator = _WithStep(data.sft_iterator(examples, data.IteratorConfig(batch_size=config.batch_size,
                                                                       seed=config.seed + target_cr),
                                          seq_len=config.seq_len, pack=True, pad_id=tokenizer.pad_token_id))
@@ -173,6 +171,8 @@ def _accuracy(model, tokenizer, records, factory, config, samples: int) -> float
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  if config.teacher not in ("original", "self"):
+    raise ValueError(f"dms_retrofit: config.teacher must be 'original' or 'self', got {config.teacher!r}")
   tokenizer = data.arith_tokenizer()
   records = data.make_dataset(config.task, "test", config.num_eval, seed=config.seed + 1)
   dense = models.from_pretrained(config.checkpoint)

@@ -6,7 +6,8 @@ hyper-scaling view (accuracy at equal KV memory when the saved memory buys more 
       --config.dms_checkpoints="((4, 'runs/dms_retrofit/cr4/hf'), (8, 'runs/dms_retrofit/cr8/hf'))"
 
 `checkpoint`: the dense model (experiments/sft_arith writes workdir/hf); `dms_checkpoints`: (nominal CR, path)
-pairs of DMS-retrofitted models (experiments/dms_retrofit writes them, DMS settings in their config.json). `task`: an arithmetic task, or `kv_retrieval` (the checkpoint must then be trained on it).
+pairs of DMS-retrofitted models (experiments/dms_retrofit writes them, DMS settings in their config.json).
+`task`: an arithmetic task, or `kv_retrieval` (the checkpoint must then be trained on it).
 Memory is measured, not assumed: each cache replays prompt + reference completion of every held-out problem and
 reports the KV tokens it holds per (sequence, layer, KV head) at the end (Quest: tokens read per decode step; it
 holds everything). Writes kv_compression.md, kv_compression.png and results.json to the workdir.

@@ -3,9 +3,9 @@
 loss = mean over real tokens of KL(student || teacher) + weight * mean over rows of max(0, target - evicted fraction)
 where the student runs the noisy relaxation and target = 1 - 1 / CR(step) with CR ramped linearly from 1 to
 `target_cr` over `ramp_steps`. The teacher is the original model when the batch carries its logits
-(`teacher_logits`; experiments/dms_retrofit adds them from a frozen copy); otherwise the same parameters with no eviction (stop-gradient). When
-every parameter trains, only the first anchors the model: against itself, student and teacher can drift together
-while their KL stays small.
+(`teacher_logits`; experiments/dms_retrofit adds them from a frozen copy); otherwise the same parameters with no
+eviction (stop-gradient). When every parameter trains, only the first anchors the model: against itself, student
+and teacher can drift together while their KL stays small.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def compression_loss(fraction_B: Array, row_has_tokens_B: Array, target: Array) 
 def make_dms_loss(cfg: DMSLossConfig = DMSLossConfig()) -> LossFn:
   """loss_fn(model, batch, rng) -> (loss, metrics) on the SFT batch layout (`loss_mask` is not used: DMS distils
   every real token). An optional `batch["step"]` ([B] or scalar) drives the CR ramp; without it the final target
-  applies. An optional `batch["teacher_logits"]` [B, T, V] is the teacher; without it, the model with eviction off. Metrics: loss, kl, compression_loss, target_fraction, eviction_fraction, compression, and
+  applies. An optional `batch["teacher_logits"]` [B, T, V] is the teacher; without it, the model with eviction off.
+  Metrics: loss, kl, compression_loss, target_fraction, eviction_fraction, compression, and
   eviction_fraction/layer{i}, compression/layer{i} (hard decisions of the noisy student)."""
 
   def loss_fn(model, batch: Mapping[str, Array], rng) -> tuple[Array, dict[str, Array]]:
@@ -99,4 +100,3 @@ def make_dms_loss(cfg: DMSLossConfig = DMSLossConfig()) -> LossFn:
     return loss, metrics
 
   return loss_fn
-

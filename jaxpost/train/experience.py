@@ -46,7 +46,7 @@ class RolloutConfig:
                        f"{self.pad_multiple}")
 
   def padded_length(self, longest: int) -> int:
-    return -(-longest // self.pad_multiple) * self.pad_multiple
+    return _round_up(longest, self.pad_multiple)
 
   def sampling(self) -> SamplingConfig:
     return SamplingConfig(completion_len=self.completion_len, temperature=self.temperature, top_k=self.top_k,
@@ -178,7 +178,7 @@ def informative_groups(batch: dict[str, np.ndarray], group_size: int, *, row_mul
   keep_G = advantages_GxR.max(axis=1) > 0
   keep_N = np.repeat(keep_G, group_size)
   kept = int(keep_N.sum())
-  padded = max(row_multiple, -(-kept // row_multiple) * row_multiple)
+  padded = max(row_multiple, _round_up(kept, row_multiple))
   index_N = np.concatenate([np.flatnonzero(keep_N), np.zeros(padded - kept, np.int64)])
   out = {k: np.asarray(v)[index_N] for k, v in batch.items()}
   for key in ("completion_mask", "prefix_mask", "advantages"):
@@ -197,8 +197,12 @@ def trim_completions(batch: dict[str, np.ndarray], *, multiple: int) -> dict[str
   mask_NxC = batch["completion_mask"]
   width = mask_NxC.shape[1]
   longest = int(np.max(np.flatnonzero(mask_NxC.any(axis=0)), initial=-1)) + 1
-  keep = min(width, max(multiple, -(-longest // multiple) * multiple))
+  keep = min(width, max(multiple, _round_up(longest, multiple)))
   return {k: v[:, :keep] if v.ndim == 2 and v.shape == mask_NxC.shape else v for k, v in batch.items()}
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
 
 
 def _right_pad(sequences: Sequence[Sequence[int]], *, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

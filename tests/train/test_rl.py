@@ -36,8 +36,8 @@ def _run(workdir, total_steps, *, learning_rate=3e-3, num_iterations=1, num_mini
                  checkpoint=CheckpointConfig(save_every=1, async_save=False))
   rollout = RolloutConfig(group_size=4, completion_len=8, temperature=temperature,
                           stop_ids=(TOKENIZER.eos_token_id,))
-  return rl_train(model_fn=_model, loss_fn=make_grpo_loss(GRPOConfig(temperature=temperature)), method=GRPOMethod(), rollout=rollout,
-                  prompts=prompts, reward_fn=digit_fraction,
+  return rl_train(model_fn=_model, loss_fn=make_grpo_loss(GRPOConfig(temperature=temperature)), method=GRPOMethod(),
+                  rollout=rollout, prompts=prompts, reward_fn=digit_fraction,
                   decode=lambda ids: TOKENIZER.decode(ids, skip_special_tokens=True), workdir=str(workdir), cfg=cfg)
 
 
