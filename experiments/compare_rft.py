@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import rl_common  # noqa: E402
 from jaxpost import data, models  # noqa: E402
-from jaxpost.evaluate import arith_evaluator  # noqa: E402
+from jaxpost.evaluate import task_evaluator  # noqa: E402
 from jaxpost.experiment import run_experiment  # noqa: E402
 from jaxpost.losses import make_sft_loss  # noqa: E402
 from jaxpost.train import CheckpointConfig, OptimizerConfig, TrainConfig, export_hf, read_metrics, train  # noqa: E402
@@ -53,8 +53,8 @@ def _sft(c: ml_collections.ConfigDict, steps: int, workdir: str) -> None:
   iterator = data.sft_iterator(data.encode_records(tokenizer, records),
                                data.IteratorConfig(batch_size=c.prompts_per_step, seed=c.seed), seq_len=256,
                                pad_id=tokenizer.pad_token_id, truncate=True)
-  evaluator = arith_evaluator(tokenizer, data.make_dataset(c.task, "test", c.num_eval, seed=c.seed + 1),
-                              completion_len=c.completion_len)
+  evaluator = task_evaluator(tokenizer, data.make_dataset(c.task, "test", c.num_eval, seed=c.seed + 1),
+                             task=c.task, completion_len=c.completion_len)
   cfg = TrainConfig(total_steps=steps, seed=c.seed, eval_every=c.eval_every, progress=c.progress,
                     optimizer=OptimizerConfig(learning_rate=c.sft_learning_rate, schedule="constant",
                                               total_steps=steps),
@@ -85,7 +85,8 @@ def _run(c: ml_collections.ConfigDict, name: str, workdir: str) -> list[tuple[in
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   held_out = data.make_dataset(config.task, "test", config.num_eval, seed=config.seed + 1)
-  evaluator = arith_evaluator(data.arith_tokenizer(), held_out, completion_len=config.completion_len)
+  evaluator = task_evaluator(data.arith_tokenizer(), held_out, task=config.task,
+                             completion_len=config.completion_len)
   start = evaluator(models.from_pretrained(config.checkpoint))["accuracy"]
   curves: dict[str, list[list[tuple[int, float]]]] = {}
   for seed in config.seeds:

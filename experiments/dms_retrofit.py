@@ -41,7 +41,8 @@ from jaxpost.train import CheckpointConfig, OptimizerConfig, TrainConfig, export
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.checkpoint = "runs/sft_arith/hf"
-  c.task = "easy"
+  c.task = "easy"  # or "kv_retrieval" (the checkpoint must be trained on it)
+  c.retrieval_pairs = 16  # kv_retrieval only
   c.num_train = 20000
   c.num_eval = 128
   c.seed = 0
@@ -120,8 +121,9 @@ def _with_dms(dense: models.Decoder, dms_cfg: DMSConfig) -> models.Decoder:
 
 def _retrofit(config, dense, tokenizer, target_cr: int, workdir: str) -> models.Decoder:
   steps = config.steps_per_cr * target_cr
-  examples = data.encode_records(tokenizer, data.make_dataset(config.task, "train", config.num_train,
-                                                             seed=config.seed))
+  records = data.task_records(config.task, "train", config.num_train, config.seed,
+                              retrieval_pairs=config.retrieval_pairs)
+  examples = data.encode_records(tokenizer, records)
   iterator = _WithStep(data.sft_iterator(examples, data.IteratorConfig(batch_size=config.batch_size,
                                                                       seed=config.seed + target_cr),
                                          seq_len=config.seq_len, pack=True, pad_id=tokenizer.pad_token_id))
@@ -166,15 +168,17 @@ def _decode_tokens_per_s(model, tokenizer, records, factory, config) -> float:
 def _accuracy(model, tokenizer, records, factory, config, samples: int) -> float:
   cfg = EvalConfig(completion_len=config.completion_len, batch_size=config.eval_batch_size, samples=samples,
                    temperature=0.0 if samples == 1 else config.vote_temperature, seed=config.seed)
-  return evaluate(model, tokenizer, records, reward_fn=rewards.arith_exact_match,
-                  extract_answer=rewards.extract_arith_answer, cfg=cfg, cache_factory=factory)["accuracy"]
+  reward_fn, extract_answer = rewards.task_scoring(config.task)
+  return evaluate(model, tokenizer, records, reward_fn=reward_fn, extract_answer=extract_answer, cfg=cfg,
+                  cache_factory=factory)["accuracy"]
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.teacher not in ("original", "self"):
     raise ValueError(f"dms_retrofit: config.teacher must be 'original' or 'self', got {config.teacher!r}")
   tokenizer = data.arith_tokenizer()
-  records = data.make_dataset(config.task, "test", config.num_eval, seed=config.seed + 1)
+  records = data.task_records(config.task, "test", config.num_eval, config.seed + 1,
+                              retrieval_pairs=config.retrieval_pairs)
   dense = models.from_pretrained(config.checkpoint)
   contenders = {"dense": (dense, models.DenseKVCache.create)}
   for cr in config.crs:
@@ -209,7 +213,7 @@ def _write_report(results: dict, workdir: str, config) -> None:
     lines += [f"| {name} | {n} | {m:.0f} | {a:.1%} |" for n, m, a in zip(config.vote_samples, memory, accuracy)]
     ax.plot(memory, accuracy, marker="o", label=name)
   ax.set(xscale="log", xlabel="KV memory (tokens held per sequence and KV head, x samples)",
-         ylabel="held-out accuracy", title=f"DMS hyper-scaling on {config.task} arithmetic")
+         ylabel="held-out accuracy", title=f"DMS hyper-scaling on {config.task}")
   ax.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "dms_retrofit.png"), dpi=120)

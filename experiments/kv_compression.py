@@ -27,7 +27,6 @@ import numpy as np
 from flax import nnx
 
 from jaxpost import data, models, rewards
-from jaxpost.data import kv_retrieval
 from jaxpost.evaluate import EvalConfig, evaluate
 from jaxpost.experiment import run_experiment
 from jaxpost.generate import left_pad
@@ -87,16 +86,6 @@ def _load_dms(path: str) -> models.Decoder:
   return model
 
 
-def _records(config, split: str, n: int, seed: int):
-  if config.task == "kv_retrieval":
-    return kv_retrieval.make_dataset(split, n, seed, kv_retrieval.KVRetrievalConfig(num_pairs=config.retrieval_pairs))
-  return data.make_dataset(config.task, split, n, seed=seed)
-
-
-def _extract(config):
-  return (lambda text: text.strip() or None) if config.task == "kv_retrieval" else rewards.extract_arith_answer
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "factory"))
 def _replay(graphdef, state, tokens_NxT, prompt_len_N, length_N, *, factory):
   """Feeds each row's prompt (one step) then its completion (one token per step) through a fresh cache; returns
@@ -147,10 +136,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.checkpoint:
     raise ValueError("kv_compression: set --config.checkpoint to the dense model's HF directory")
   tokenizer = data.arith_tokenizer()
-  records = _records(config, "test", config.num_eval, config.seed + 1)
-  extract = _extract(config)
-  reward = lambda prompts, completions, answers: np.array(
-      [float(extract(c) == a) for c, a in zip(completions, answers)])
+  records = data.task_records(config.task, "test", config.num_eval, config.seed + 1,
+                              retrieval_pairs=config.retrieval_pairs)
+  reward, extract = rewards.task_scoring(config.task)
   loaded = {"dense": models.from_pretrained(config.checkpoint)}
   for cr, path in config.dms_checkpoints:
     loaded[f"dms_cr{cr}"] = _load_dms(path)
@@ -175,7 +163,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _hyper_scaling(config, loaded, tokenizer, reward, extract, rows) -> list[dict]:
   """Majority vote over n sampled completions per problem; KV memory per problem = n * tokens held per sample."""
-  records = _records(config, "test", config.vote.num_eval, config.seed + 2)
+  records = data.task_records(config.task, "test", config.vote.num_eval, config.seed + 2,
+                              retrieval_pairs=config.retrieval_pairs)
   held = {r["method"]: r["kv_held"] for r in rows if r["budget"] is None}
   out = []
   for key, model in loaded.items():

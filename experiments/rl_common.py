@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxpost import data, models, rewards  # noqa: E402
-from jaxpost.evaluate import arith_evaluator  # noqa: E402
+from jaxpost.evaluate import task_evaluator  # noqa: E402
 from jaxpost.losses import (GRPOConfig, LUFFYConfig, PrefixRFTConfig, make_grpo_loss, make_luffy_loss,  # noqa: E402
                             make_prefix_rft_loss)
 from jaxpost.train import CheckpointConfig, MeshConfig, OptimizerConfig, export_hf, read_metrics  # noqa: E402
@@ -76,7 +76,7 @@ def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   tokenizer = data.arith_tokenizer()
   train_records = data.make_dataset(c.task, "train", c.num_train, seed=c.seed)
   eval_records = data.make_dataset(c.task, "test", c.num_eval, seed=c.seed + 1)
-  evaluator = arith_evaluator(tokenizer, eval_records, completion_len=c.completion_len)
+  evaluator = task_evaluator(tokenizer, eval_records, task=c.task, completion_len=c.completion_len)
   method, loss_fn = method_and_loss(c)
   start_accuracy = _start_accuracy(c, workdir, evaluator)
   rollout = RolloutConfig(group_size=c.group_size, completion_len=c.completion_len, temperature=c.temperature,

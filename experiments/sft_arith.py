@@ -1,6 +1,9 @@
-"""SFT of the tiny embedded model, from scratch, on the easy arithmetic task; held-out greedy exact match.
+"""SFT of the tiny embedded model, from scratch, on an embedded task; held-out greedy exact match.
 
   python -m experiments.sft_arith --workdir runs/sft_arith [--config.train.total_steps=600 ...]
+
+`task`: an arithmetic task ("easy" by default) or "kv_retrieval", the long-context key-value lookup
+(`retrieval_pairs` pairs per prompt), which experiments/kv_compression also takes.
 
 Writes metrics.jsonl (with `eval/accuracy`), checkpoints, and `workdir/hf`: a Hugging Face checkpoint that
 `jaxpost.models.from_pretrained` (and `transformers`) loads, the starting point of the RL experiments.
@@ -12,7 +15,7 @@ import ml_collections
 from flax import nnx
 
 from jaxpost import data, models
-from jaxpost.evaluate import arith_evaluator
+from jaxpost.evaluate import task_evaluator
 from jaxpost.experiment import run_experiment
 from jaxpost.losses import make_sft_loss
 from jaxpost.train import (CheckpointConfig, MeshConfig, OptimizerConfig, TrainConfig, export_hf, read_metrics,
@@ -22,6 +25,7 @@ from jaxpost.train import (CheckpointConfig, MeshConfig, OptimizerConfig, TrainC
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "easy"
+  c.retrieval_pairs = 16  # kv_retrieval only
   c.model = "tiny"
   c.num_train = 20000
   c.num_eval = 256
@@ -46,13 +50,14 @@ def build_model_fn(name: str, tokenizer, seed: int):
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   tokenizer = data.arith_tokenizer()
-  train_records = data.make_dataset(config.task, "train", config.num_train, seed=config.seed)
-  eval_records = data.make_dataset(config.task, "test", config.num_eval, seed=config.seed + 1)
+  pairs = config.retrieval_pairs
+  train_records = data.task_records(config.task, "train", config.num_train, config.seed, retrieval_pairs=pairs)
+  eval_records = data.task_records(config.task, "test", config.num_eval, config.seed + 1, retrieval_pairs=pairs)
   examples = data.encode_records(tokenizer, train_records)
   iterator = data.sft_iterator(examples, data.IteratorConfig(batch_size=config.batch_size, seed=config.seed),
                                seq_len=config.seq_len, pack=config.pack, pad_id=tokenizer.pad_token_id)
-  evaluator = arith_evaluator(tokenizer, eval_records, completion_len=config.eval.completion_len,
-                              batch_size=config.eval.batch_size)
+  evaluator = task_evaluator(tokenizer, eval_records, task=config.task, completion_len=config.eval.completion_len,
+                             batch_size=config.eval.batch_size)
   train_cfg = TrainConfig(
       total_steps=config.train.total_steps, seed=config.seed, progress=config.train.progress,
       mesh=MeshConfig(**config.mesh),

@@ -72,9 +72,11 @@ def _majority(texts: Sequence[str], extract_answer: Callable) -> str:
   return texts[answers.index(best)]
 
 
-def arith_evaluator(tokenizer, records: Sequence[Mapping[str, str]], *, completion_len: int = 96,
-                    batch_size: int = 128) -> Callable[..., dict[str, float]]:
-  """model -> `evaluate` metrics on the embedded arithmetic task: greedy, exact match of the final answer line."""
+def task_evaluator(tokenizer, records: Sequence[Mapping[str, str]], *, task: str = "easy",
+                   completion_len: int = 96, batch_size: int = 128) -> Callable[..., dict[str, float]]:
+  """model -> `evaluate` metrics on an embedded task's records: greedy, exact match of the task's answer
+  (`rewards.task_scoring`: the arithmetic answer line, or the looked-up value)."""
   cfg = EvalConfig(completion_len=completion_len, batch_size=batch_size)
-  return lambda model: evaluate(model, tokenizer, records, reward_fn=rewards.arith_exact_match,
-                                extract_answer=rewards.extract_arith_answer, cfg=cfg)
+  reward_fn, extract_answer = rewards.task_scoring(task)
+  return lambda model: evaluate(model, tokenizer, records, reward_fn=reward_fn, extract_answer=extract_answer,
+                                cfg=cfg)

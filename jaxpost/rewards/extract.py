@@ -2,7 +2,7 @@
 
 `extract_answer` tries, in order: the last `\\boxed{...}` (nested braces allowed), the last `#### x` line, the last
 "the answer is x", and the last number. `extract_arith_answer` reads the answer line of the embedded arithmetic
-tasks (the last line, `=<integer>`).
+tasks (the last line, `=<integer>`); `extract_retrieval_answer` the value the key-value lookup task answers with.
 """
 
 import re
@@ -46,3 +46,9 @@ def extract_arith_answer(text: str) -> str | None:
   lines = text.strip().splitlines()
   match = _ARITH_ANSWER.fullmatch(lines[-1].strip()) if lines else None
   return match.group(1) if match else None
+
+
+def extract_retrieval_answer(text: str) -> str | None:
+  """The key-value lookup task's answer: the completion's first line, stripped; None if it is empty."""
+  lines = text.strip().splitlines()
+  return lines[0].strip() if lines else None

@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from jaxpost.data.arith import SOLUTION_PATTERN
-from jaxpost.rewards.extract import extract_answer, extract_arith_answer
+from jaxpost.rewards.extract import extract_answer, extract_arith_answer, extract_retrieval_answer
 from jaxpost.rewards.isolated import IsolatedReward, check_lengths
 
 RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
@@ -22,6 +22,21 @@ def arith_exact_match(prompts: Sequence[str], completions: Sequence[str], answer
   check_lengths(prompts, completions, answers)
   return np.asarray([float(extract_arith_answer(c) == a.strip()) for c, a in zip(completions, answers)],
                     np.float32)
+
+
+def retrieval_exact_match(prompts: Sequence[str], completions: Sequence[str],
+                          answers: Sequence[str]) -> np.ndarray:
+  """1 where the key-value lookup's answer (the completion's first line) is the queried value, else 0."""
+  check_lengths(prompts, completions, answers)
+  return np.asarray([float(extract_retrieval_answer(c) == a.strip()) for c, a in zip(completions, answers)],
+                    np.float32)
+
+
+def task_scoring(task: str) -> tuple[RewardFn, Callable[[str], str | None]]:
+  """(reward function, answer extractor) of an embedded task: kv_retrieval, or an arithmetic task."""
+  if task == "kv_retrieval":
+    return retrieval_exact_match, extract_retrieval_answer
+  return arith_exact_match, extract_arith_answer
 
 
 def _as_math(text: str) -> str:

@@ -1,11 +1,11 @@
-"""Reward functions: arithmetic exact match, math-verify equivalence, format rewards, weighted sums."""
+"""Reward functions: arithmetic and retrieval exact match, math-verify equivalence, format rewards, weighted sums."""
 
 import numpy as np
 import pytest
 
 from jaxpost.data import arith
 from jaxpost.rewards import (ARITH_FORMAT, BOXED_FORMAT, FormatReward, WeightedReward, arith_exact_match,
-                             make_math_reward, math_verify_score)
+                             make_math_reward, math_verify_score, retrieval_exact_match, task_scoring)
 
 
 def _corrupt(completion: str) -> str:
@@ -64,3 +64,19 @@ def test_weighted_sum():
   np.testing.assert_allclose(total(prompts, completions, answers), [0.25, 1.0, 1.25, 1.25])
   with pytest.raises(ValueError, match="term 'x' must be a"):
     WeightedReward(terms={"x": arith_exact_match})
+
+
+def test_retrieval_exact_match_reads_the_first_line_of_the_completion():
+  from jaxpost.data import kv_retrieval
+  records = kv_retrieval.make_dataset("test", 4, cfg=kv_retrieval.KVRetrievalConfig(num_pairs=5))
+  prompts, answers = [r["prompt"] for r in records], [r["answer"] for r in records]
+  wrong = str((int(answers[1]) + 1) % 1000).zfill(3)
+  completions = [answers[0], wrong, f" {answers[2]} \nmore", f"\n{answers[3]}"]
+  np.testing.assert_array_equal(retrieval_exact_match(prompts, completions, answers), [1, 0, 1, 1])
+  assert retrieval_exact_match(prompts[:1], [""], answers[:1]).tolist() == [0]
+
+
+@pytest.mark.parametrize("task,expected", [("easy", arith_exact_match), ("hard", arith_exact_match),
+                                           ("kv_retrieval", retrieval_exact_match)])
+def test_task_scoring_pairs_each_task_with_its_reward(task, expected):
+  assert task_scoring(task)[0] is expected
