@@ -1,5 +1,6 @@
 """KV-cache compression: accuracy against KV budget for dense decoding, the training-free baselines and DMS, and the
-hyper-scaling view (accuracy at equal KV memory when the saved memory buys more majority-vote samples).
+hyper-scaling views: accuracy at equal KV memory when the saved memory buys more majority-vote samples, or a longer
+generation (completions capped at each of `lengths` tokens, against the KV tokens held at the cap).
 
   python -m experiments.kv_compression --workdir runs/kv_compression \
       --config.checkpoint=runs/sft_arith/hf \
@@ -10,7 +11,8 @@ pairs of DMS-retrofitted models (experiments/dms_retrofit writes them, DMS setti
 `task`: an arithmetic task, or `kv_retrieval` (the checkpoint must then be trained on it).
 Memory is measured, not assumed: each cache replays prompt + reference completion of every held-out problem and
 reports the KV tokens it holds per (sequence, layer, KV head) at the end (Quest: tokens read per decode step; it
-holds everything). Writes kv_compression.md, kv_compression.png and results.json to the workdir.
+holds everything); for the length view, the replay stops at the cap. Writes kv_compression.md, kv_compression.png
+and results.json to the workdir.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.h2o_recent_fraction = 0.5
   c.quest_page_size = 8
   c.vote = ml_collections.ConfigDict(dict(samples=(1, 2, 4), temperature=0.7, num_eval=64))
+  c.lengths = (16, 24, 28, 32, 40, 48)  # completion caps of the longer-generation view (tokens); () skips it
   return c
 
 
@@ -113,11 +116,11 @@ def _replay(graphdef, state, tokens_NxT, prompt_len_N, length_N, *, factory):
   return jnp.mean(cache.live_tokens(), axis=(0, 2)).astype(jnp.float32), -jnp.ones((n,))
 
 
-def measure(model, tokenizer, records, factory) -> tuple[float, float | None]:
-  """Mean KV tokens held per (sequence, layer, KV head) after prompt + reference completion, and (Quest) mean KV
-  tokens read per decode step."""
+def measure(model, tokenizer, records, factory, max_completion: int | None = None) -> tuple[float, float | None]:
+  """Mean KV tokens held per (sequence, layer, KV head) after prompt + reference completion (its first
+  `max_completion` tokens, if set), and (Quest) mean KV tokens read per decode step."""
   prompts = [data.encode_prompt(tokenizer, r["prompt"]) for r in records]
-  completions = [data.encode_completion(tokenizer, r["completion"]) for r in records]
+  completions = [data.encode_completion(tokenizer, r["completion"])[:max_completion] for r in records]
   half = max(max(map(len, prompts)), max(map(len, completions)))
   prompt_BxP, _ = left_pad(prompts + [[0] * half], pad_id=0)
   tokens = np.zeros((len(records), 2 * half), np.int32)
@@ -152,13 +155,14 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows.append(dict(method=s.method, budget=s.budget, accuracy=accuracy, kv_held=held, kv_read_per_step=read))
     print(f"{s.method:12s} budget={s.budget}  accuracy={accuracy:.3f}  kv_held={held:.1f}  read/step={read}")
   vote_rows = _hyper_scaling(config, loaded, tokenizer, reward, extract, rows)
+  length_rows = _length_scaling(config, loaded, tokenizer, reward, extract, records)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(dict(budget_rows=rows, vote_rows=vote_rows), f, indent=2)
+    json.dump(dict(budget_rows=rows, vote_rows=vote_rows, length_rows=length_rows), f, indent=2)
   with open(os.path.join(workdir, "kv_compression.md"), "w") as f:
-    f.write(markdown_tables(rows, vote_rows))
-  plot(rows, vote_rows, os.path.join(workdir, "kv_compression.png"))
-  return dict(budget_rows=rows, vote_rows=vote_rows)
+    f.write(markdown_tables(rows, vote_rows, length_rows))
+  plot(rows, vote_rows, length_rows, os.path.join(workdir, "kv_compression.png"))
+  return dict(budget_rows=rows, vote_rows=vote_rows, length_rows=length_rows)
 
 
 def _hyper_scaling(config, loaded, tokenizer, reward, extract, rows) -> list[dict]:
@@ -178,7 +182,22 @@ def _hyper_scaling(config, loaded, tokenizer, reward, extract, rows) -> list[dic
   return out
 
 
-def markdown_tables(rows: list[dict], vote_rows: list[dict]) -> str:
+def _length_scaling(config, loaded, tokenizer, reward, extract, records) -> list[dict]:
+  """Greedy accuracy with completions capped at each of `config.lengths` tokens, and the KV tokens held at the cap:
+  what a fixed KV memory buys in generation length, dense vs DMS."""
+  out = []
+  for key, model in loaded.items():
+    factory = models.DenseKVCache.create if key == "dense" else DMSCacheFactory()
+    for length in config.lengths:
+      cfg = EvalConfig(completion_len=length, batch_size=config.batch_size)
+      accuracy = evaluate(model, tokenizer, records, reward_fn=reward, extract_answer=extract, cfg=cfg,
+                          cache_factory=factory)["accuracy"]
+      held, _ = measure(model, tokenizer, records, factory, max_completion=length)
+      out.append(dict(method=key, completion_len=length, accuracy=accuracy, kv_held=held))
+  return out
+
+
+def markdown_tables(rows: list[dict], vote_rows: list[dict], length_rows: list[dict]) -> str:
   fmt = lambda x, spec: "—" if x is None else format(x, spec)
   lines = ["| method | budget (KV tokens / seq / layer / head) | accuracy | KV tokens held | KV tokens read / step |",
            "|---|---|---|---|---|"]
@@ -188,18 +207,22 @@ def markdown_tables(rows: list[dict], vote_rows: list[dict]) -> str:
             "|---|---|---|---|"]
   lines += [f"| {r['method']} | {r['samples']} | {r['accuracy']:.3f} | {r['kv_per_problem']:.1f} |"
             for r in vote_rows]
+  if length_rows:
+    lines += ["", "| model | completion cap (tokens) | accuracy | KV tokens held at the cap |", "|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['completion_len']} | {r['accuracy']:.3f} | {r['kv_held']:.1f} |"
+              for r in length_rows]
   return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], vote_rows: list[dict], path: str) -> None:
-  """Left: accuracy vs KV tokens held (eviction methods, DMS, dense). Middle: accuracy vs KV tokens read per decode
-  step (Quest; it holds the full cache). Right: majority-vote accuracy vs KV memory per problem."""
+def plot(rows: list[dict], vote_rows: list[dict], length_rows: list[dict], path: str) -> None:
+  """Panels: accuracy vs KV tokens held (eviction methods, DMS, dense); vs KV tokens read per decode step (Quest;
+  it holds the full cache); majority-vote accuracy vs KV memory per problem; capped-length accuracy vs KV held."""
   import matplotlib  # Heavy import, only when plotting.
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
   methods = list(dict.fromkeys(r["method"] for r in rows))
   for method in methods:
     mine = [r for r in rows if r["method"] == method]
@@ -216,9 +239,13 @@ def plot(rows: list[dict], vote_rows: list[dict], path: str) -> None:
   for key in dict.fromkeys(r["method"] for r in vote_rows):
     mine = [r for r in vote_rows if r["method"] == key]
     axes[2].plot([r["kv_per_problem"] for r in mine], [r["accuracy"] for r in mine], "o-", label=key)
-  titles = ("accuracy vs KV memory", "accuracy vs KV reads (Quest)", "hyper-scaling: majority vote")
+  for key in dict.fromkeys(r["method"] for r in length_rows):
+    mine = [r for r in length_rows if r["method"] == key]
+    axes[3].plot([r["kv_held"] for r in mine], [r["accuracy"] for r in mine], "o-", label=key)
+  titles = ("accuracy vs KV memory", "accuracy vs KV reads (Quest)", "hyper-scaling: majority vote",
+            "hyper-scaling: longer generation")
   xlabels = ("KV tokens held per (seq, layer, KV head)", "KV tokens read per decode step",
-             "KV tokens per problem (samples x held)")
+             "KV tokens per problem (samples x held)", "KV tokens held at the completion cap")
   for ax, title, xlabel in zip(axes, titles, xlabels):
     ax.set_xscale("log", base=2)
     ax.set_title(title)
