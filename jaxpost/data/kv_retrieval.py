@@ -6,6 +6,8 @@ A prompt lists `num_pairs` distinct pairs `key=value;` then asks for one key; th
 
 Keys are lowercase letters, values digits, so every character is one token of the embedded character tokenizer.
 The queried pair's depth (its index among the pairs) is uniform, or fixed with `depth` to probe one distance.
+With `min_pairs`, each prompt lists a uniform number of pairs in [min_pairs, num_pairs]: a curriculum in one set,
+where the short listings teach the lookup that the long ones need.
 Each problem belongs to one split by a hash of its prompt, as for the arithmetic tasks.
 """
 
@@ -26,6 +28,7 @@ class KVRetrievalConfig:
   key_len: int = 2
   value_len: int = 3
   depth: int | None = None  # index of the queried pair; None: uniform over the pairs
+  min_pairs: int | None = None  # None: every prompt lists num_pairs pairs
 
   def __post_init__(self):
     for name in ("num_pairs", "key_len", "value_len"):
@@ -37,21 +40,28 @@ class KVRetrievalConfig:
                        f"{self.key_len} letters give")
     if self.depth is not None and not 0 <= self.depth < self.num_pairs:
       raise ValueError(f"KVRetrievalConfig: depth must be in [0, num_pairs={self.num_pairs}), got {self.depth}")
+    if self.min_pairs is not None and not 1 <= self.min_pairs <= self.num_pairs:
+      raise ValueError(f"KVRetrievalConfig: min_pairs must be in [1, num_pairs={self.num_pairs}], "
+                       f"got {self.min_pairs}")
+    if self.min_pairs is not None and self.depth is not None and self.depth >= self.min_pairs:
+      raise ValueError(f"KVRetrievalConfig: depth {self.depth} needs min_pairs > {self.depth}, got {self.min_pairs}")
 
   @property
   def prompt_len(self) -> int:
-    """Characters (= tokens of the character tokenizer) in every prompt, before any chat template."""
+    """Characters (= tokens of the character tokenizer) in a prompt of num_pairs pairs (the longest), before any
+  chat template."""
     return self.num_pairs * (self.key_len + self.value_len + 2) + self.key_len + 2
 
 
 def _sample(rng: random.Random, cfg: KVRetrievalConfig) -> dict[str, str]:
+  num_pairs = cfg.num_pairs if cfg.min_pairs is None else rng.randint(cfg.min_pairs, cfg.num_pairs)
   keys: list[str] = []
-  while len(keys) < cfg.num_pairs:
+  while len(keys) < num_pairs:
     key = "".join(rng.choice(string.ascii_lowercase) for _ in range(cfg.key_len))
     if key not in keys:
       keys.append(key)
   values = ["".join(rng.choice(string.digits) for _ in range(cfg.value_len)) for _ in keys]
-  depth = rng.randrange(cfg.num_pairs) if cfg.depth is None else cfg.depth
+  depth = rng.randrange(num_pairs) if cfg.depth is None else cfg.depth
   listing = "".join(f"{key}={value};" for key, value in zip(keys, values))
   return {"prompt": f"{listing}?{keys[depth]}=", "completion": values[depth], "answer": values[depth]}
 

@@ -58,10 +58,21 @@ def test_every_character_is_one_token_of_the_embedded_tokenizer():
     (dict(num_pairs=0), "num_pairs must be a positive int"),
     (dict(num_pairs=27, key_len=1), "more distinct keys"),
     (dict(num_pairs=4, depth=4), "depth must be in"),
+    (dict(num_pairs=4, min_pairs=5), r"min_pairs must be in \[1, num_pairs=4\]"),
+    (dict(num_pairs=4, min_pairs=2, depth=3), "depth 3 needs min_pairs > 3"),
 ])
 def test_bad_config_is_refused(kwargs, message):
   with pytest.raises(ValueError, match=message):
     kvr.KVRetrievalConfig(**kwargs)
+
+
+def test_min_pairs_mixes_listing_lengths_within_the_range():
+  records = kvr.make_dataset("train", 300, cfg=kvr.KVRetrievalConfig(num_pairs=6, min_pairs=2))
+  counts = {len(_parse(r["prompt"])[0]) for r in records}
+  assert counts == {2, 3, 4, 5, 6}
+  for record in records:
+    pairs, query = _parse(record["prompt"])
+    assert record["answer"] == dict(pairs)[query]
 
 
 def test_bad_split_is_refused():
