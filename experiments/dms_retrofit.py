@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.checkpoint = "runs/sft_arith/hf"
   c.task = "easy"  # or "kv_retrieval" (the checkpoint must be trained on it)
-  c.retrieval_pairs = 16  # kv_retrieval only
+  c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3))  # kv_retrieval only
   c.num_train = 20000
   c.num_eval = 128
   c.seed = 0
@@ -122,7 +122,7 @@ def _with_dms(dense: models.Decoder, dms_cfg: DMSConfig) -> models.Decoder:
 def _retrofit(config, dense, tokenizer, target_cr: int, workdir: str) -> models.Decoder:
   steps = config.steps_per_cr * target_cr
   records = data.task_records(config.task, "train", config.num_train, config.seed,
-                              retrieval_pairs=config.retrieval_pairs)
+                              retrieval=data.KVRetrievalConfig(**config.retrieval))
   examples = data.encode_records(tokenizer, records)
   iterator = _WithStep(data.sft_iterator(examples, data.IteratorConfig(batch_size=config.batch_size,
                                                                       seed=config.seed + target_cr),
@@ -178,7 +178,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f"dms_retrofit: config.teacher must be 'original' or 'self', got {config.teacher!r}")
   tokenizer = data.arith_tokenizer()
   records = data.task_records(config.task, "test", config.num_eval, config.seed + 1,
-                              retrieval_pairs=config.retrieval_pairs)
+                              retrieval=data.KVRetrievalConfig(**config.retrieval))
   dense = models.from_pretrained(config.checkpoint)
   contenders = {"dense": (dense, models.DenseKVCache.create)}
   for cr in config.crs:

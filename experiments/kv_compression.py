@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = ""
   c.dms_checkpoints = ()  # ((nominal_cr, path), ...)
   c.task = "easy"
-  c.retrieval_pairs = 16  # kv_retrieval only
+  c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3))  # kv_retrieval only
   c.num_eval = 128
   c.seed = 0
   c.completion_len = 96
@@ -140,7 +140,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError("kv_compression: set --config.checkpoint to the dense model's HF directory")
   tokenizer = data.arith_tokenizer()
   records = data.task_records(config.task, "test", config.num_eval, config.seed + 1,
-                              retrieval_pairs=config.retrieval_pairs)
+                              retrieval=data.KVRetrievalConfig(**config.retrieval))
   reward, extract = rewards.task_scoring(config.task)
   loaded = {"dense": models.from_pretrained(config.checkpoint)}
   for cr, path in config.dms_checkpoints:
@@ -168,7 +168,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _hyper_scaling(config, loaded, tokenizer, reward, extract, rows) -> list[dict]:
   """Majority vote over n sampled completions per problem; KV memory per problem = n * tokens held per sample."""
   records = data.task_records(config.task, "test", config.vote.num_eval, config.seed + 2,
-                              retrieval_pairs=config.retrieval_pairs)
+                              retrieval=data.KVRetrievalConfig(**config.retrieval))
   held = {r["method"]: r["kv_held"] for r in rows if r["budget"] is None}
   out = []
   for key, model in loaded.items():

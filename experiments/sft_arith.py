@@ -3,8 +3,7 @@
   python -m experiments.sft_arith --workdir runs/sft_arith [--config.train.total_steps=600 ...]
 
 `task`: an arithmetic task ("easy" by default) or "kv_retrieval", the long-context key-value lookup
-(`retrieval_pairs` pairs per held-out prompt; training prompts mix listings of `retrieval_min_pairs` pairs up, a
-curriculum: from long listings alone the tiny model stayed at chance for 400 steps), which
+(shaped by `retrieval`; training prompts mix listings of `retrieval_min_pairs` pairs up, a curriculum), which
 experiments/kv_compression also takes.
 
 Writes metrics.jsonl (with `eval/accuracy`), checkpoints, and `workdir/hf`: a Hugging Face checkpoint that
@@ -12,6 +11,8 @@ Writes metrics.jsonl (with `eval/accuracy`), checkpoints, and `workdir/hf`: a Hu
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import ml_collections
 from flax import nnx
@@ -27,8 +28,9 @@ from jaxpost.train import (CheckpointConfig, MeshConfig, OptimizerConfig, TrainC
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "easy"
-  c.retrieval_pairs = 16  # kv_retrieval only: pairs per held-out prompt, and the most per training prompt
-  c.retrieval_min_pairs = 1  # kv_retrieval only: training prompts list a uniform number of pairs from this up
+  # kv_retrieval only: the held-out problems' shape; training prompts list from `retrieval_min_pairs` pairs up
+  c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3))
+  c.retrieval_min_pairs = 1
   c.model = "tiny"
   c.num_train = 20000
   c.num_eval = 256
@@ -53,10 +55,10 @@ def build_model_fn(name: str, tokenizer, seed: int):
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   tokenizer = data.arith_tokenizer()
-  pairs = config.retrieval_pairs
-  train_records = data.task_records(config.task, "train", config.num_train, config.seed, retrieval_pairs=pairs,
-                                    retrieval_min_pairs=config.retrieval_min_pairs)
-  eval_records = data.task_records(config.task, "test", config.num_eval, config.seed + 1, retrieval_pairs=pairs)
+  held_out = data.KVRetrievalConfig(**config.retrieval)
+  mixed = dataclasses.replace(held_out, min_pairs=config.retrieval_min_pairs)
+  train_records = data.task_records(config.task, "train", config.num_train, config.seed, retrieval=mixed)
+  eval_records = data.task_records(config.task, "test", config.num_eval, config.seed + 1, retrieval=held_out)
   examples = data.encode_records(tokenizer, train_records)
   iterator = data.sft_iterator(examples, data.IteratorConfig(batch_size=config.batch_size, seed=config.seed),
                                seq_len=config.seq_len, pack=config.pack, pad_id=tokenizer.pad_token_id)

@@ -7,14 +7,11 @@ from jaxpost.data import arith, kv_retrieval
 EMBEDDED_TASKS = (*arith.TASKS, "kv_retrieval")
 
 
-def task_records(task: str, split: str, n: int, seed: int = 0, *, retrieval_pairs: int = 16,
-                 retrieval_min_pairs: int | None = None) -> list[dict]:
-  """`n` records {"prompt", "completion", "answer"} of an embedded task; kv_retrieval lists `retrieval_pairs`
-  pairs per prompt, or a uniform number from `retrieval_min_pairs` up (`kv_retrieval.make_dataset` takes the other
-  shape settings)."""
+def task_records(task: str, split: str, n: int, seed: int = 0, *,
+                 retrieval: kv_retrieval.KVRetrievalConfig = kv_retrieval.KVRetrievalConfig()) -> list[dict]:
+  """`n` records {"prompt", "completion", "answer"} of an embedded task; `retrieval` shapes kv_retrieval only."""
   if task == "kv_retrieval":
-    cfg = kv_retrieval.KVRetrievalConfig(num_pairs=retrieval_pairs, min_pairs=retrieval_min_pairs)
-    return kv_retrieval.make_dataset(split, n, seed, cfg)
+    return kv_retrieval.make_dataset(split, n, seed, retrieval)
   if task not in arith.TASKS:
     raise ValueError(f"task must be one of {EMBEDDED_TASKS}, got {task!r}")
   return arith.make_dataset(task, split, n, seed=seed)

@@ -9,9 +9,10 @@ def test_arithmetic_names_give_the_arithmetic_records():
   assert task_records("medium", "test", 5, seed=3) == arith.make_dataset("medium", "test", 5, seed=3)
 
 
-def test_kv_retrieval_takes_the_number_of_pairs():
-  records = task_records("kv_retrieval", "train", 4, seed=2, retrieval_pairs=9)
-  assert records == kv_retrieval.make_dataset("train", 4, 2, kv_retrieval.KVRetrievalConfig(num_pairs=9))
+def test_kv_retrieval_takes_its_shape():
+  cfg = kv_retrieval.KVRetrievalConfig(num_pairs=9, key_len=1)
+  records = task_records("kv_retrieval", "train", 4, seed=2, retrieval=cfg)
+  assert records == kv_retrieval.make_dataset("train", 4, 2, cfg)
   assert all(r["prompt"].count(";") == 9 for r in records)
 
 
