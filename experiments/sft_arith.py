@@ -1,4 +1,5 @@
-"""SFT of the tiny embedded model, from scratch, on an embedded task; held-out greedy exact match.
+"""SFT of the tiny embedded model, from scratch or from `init_checkpoint`, on an embedded task; held-out greedy
+exact match.
 
   python -m experiments.sft_arith --workdir runs/sft_arith [--config.train.total_steps=600 ...]
 
@@ -32,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3))
   c.retrieval_min_pairs = 1
   c.model = "tiny"
+  c.init_checkpoint = ""  # a Hugging Face directory to fine-tune (e.g. an earlier run's workdir/hf); "": from scratch
   c.num_train = 20000
   c.num_eval = 256
   c.seed = 0
@@ -70,7 +72,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       eval_every=config.eval.every,
       optimizer=OptimizerConfig(**config.optimizer.to_dict(), total_steps=config.train.total_steps),
       checkpoint=CheckpointConfig(save_every=config.train.save_every))
-  graphdef, state = train(model_fn=build_model_fn(config.model, tokenizer, config.seed), loss_fn=make_sft_loss(),
+  model_fn = build_model_fn(config.model, tokenizer, config.seed)
+  if config.init_checkpoint:
+    model_fn = lambda: models.from_pretrained(config.init_checkpoint)
+  graphdef, state = train(model_fn=model_fn, loss_fn=make_sft_loss(),
                           data=iterator, workdir=workdir, cfg=train_cfg, evaluate=evaluator)
   export_hf(graphdef, state.params, f"{workdir}/hf")
   tokenizer.save_pretrained(f"{workdir}/hf")
