@@ -49,7 +49,7 @@ class KVRetrievalConfig:
   @property
   def prompt_len(self) -> int:
     """Characters (= tokens of the character tokenizer) in a prompt of num_pairs pairs (the longest), before any
-  chat template."""
+    chat template."""
     return self.num_pairs * (self.key_len + self.value_len + 2) + self.key_len + 2
 
 

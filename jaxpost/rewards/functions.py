@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from jaxpost.data.arith import SOLUTION_PATTERN
+from jaxpost.data.tasks import EMBEDDED_TASKS
 from jaxpost.rewards.extract import extract_answer, extract_arith_answer, extract_retrieval_answer
 from jaxpost.rewards.isolated import IsolatedReward, check_lengths
 
@@ -34,6 +35,8 @@ def retrieval_exact_match(prompts: Sequence[str], completions: Sequence[str],
 
 def task_scoring(task: str) -> tuple[RewardFn, Callable[[str], str | None]]:
   """(reward function, answer extractor) of an embedded task: kv_retrieval, or an arithmetic task."""
+  if task not in EMBEDDED_TASKS:
+    raise ValueError(f"task_scoring: task must be one of {EMBEDDED_TASKS}, got {task!r}")
   if task == "kv_retrieval":
     return retrieval_exact_match, extract_retrieval_answer
   return arith_exact_match, extract_arith_answer

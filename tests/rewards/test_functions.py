@@ -80,3 +80,8 @@ def test_retrieval_exact_match_reads_the_first_line_of_the_completion():
                                            ("kv_retrieval", retrieval_exact_match)])
 def test_task_scoring_pairs_each_task_with_its_reward(task, expected):
   assert task_scoring(task)[0] is expected
+
+
+def test_task_scoring_refuses_an_unknown_task():
+  with pytest.raises(ValueError, match="task_scoring: task must be one of"):
+    task_scoring("gsm8k")
