@@ -165,6 +165,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return dict(budget_rows=rows, vote_rows=vote_rows, length_rows=length_rows)
 
 
+def _own_cache(model_key: str):
+  """The cache a model decodes with in the hyper-scaling views: dense for the dense model, DMS for a retrofit."""
+  return models.DenseKVCache.create if model_key == "dense" else DMSCacheFactory()
+
+
 def _hyper_scaling(config, loaded, tokenizer, reward, extract, rows) -> list[dict]:
   """Majority vote over n sampled completions per problem; KV memory per problem = n * tokens held per sample."""
   records = data.task_records(config.task, "test", config.vote.num_eval, config.seed + 2,
@@ -172,7 +177,7 @@ def _hyper_scaling(config, loaded, tokenizer, reward, extract, rows) -> list[dic
   held = {r["method"]: r["kv_held"] for r in rows if r["budget"] is None}
   out = []
   for key, model in loaded.items():
-    factory = models.DenseKVCache.create if key == "dense" else DMSCacheFactory()
+    factory = _own_cache(key)
     for n in config.vote.samples:
       cfg = EvalConfig(completion_len=config.completion_len, batch_size=max(1, config.batch_size // n), samples=n,
                        temperature=config.vote.temperature if n > 1 else 0.0, seed=config.seed)
@@ -187,7 +192,7 @@ def _length_scaling(config, loaded, tokenizer, reward, extract, records) -> list
   what a fixed KV memory buys in generation length, dense vs DMS."""
   out = []
   for key, model in loaded.items():
-    factory = models.DenseKVCache.create if key == "dense" else DMSCacheFactory()
+    factory = _own_cache(key)
     for length in config.lengths:
       cfg = EvalConfig(completion_len=length, batch_size=config.batch_size)
       accuracy = evaluate(model, tokenizer, records, reward_fn=reward, extract_answer=extract, cfg=cfg,
@@ -236,12 +241,10 @@ def plot(rows: list[dict], vote_rows: list[dict], length_rows: list[dict], path:
                    label=method)
   dense = [r for r in rows if r["method"] == "dense"]
   axes[1].plot([r["kv_held"] for r in dense], [r["accuracy"] for r in dense], "s", label="dense (reads all)")
-  for key in dict.fromkeys(r["method"] for r in vote_rows):
-    mine = [r for r in vote_rows if r["method"] == key]
-    axes[2].plot([r["kv_per_problem"] for r in mine], [r["accuracy"] for r in mine], "o-", label=key)
-  for key in dict.fromkeys(r["method"] for r in length_rows):
-    mine = [r for r in length_rows if r["method"] == key]
-    axes[3].plot([r["kv_held"] for r in mine], [r["accuracy"] for r in mine], "o-", label=key)
+  for ax, series, memory in ((axes[2], vote_rows, "kv_per_problem"), (axes[3], length_rows, "kv_held")):
+    for key in dict.fromkeys(r["method"] for r in series):
+      mine = [r for r in series if r["method"] == key]
+      ax.plot([r[memory] for r in mine], [r["accuracy"] for r in mine], "o-", label=key)
   titles = ("accuracy vs KV memory", "accuracy vs KV reads (Quest)", "hyper-scaling: majority vote",
             "hyper-scaling: longer generation")
   xlabels = ("KV tokens held per (seq, layer, KV head)", "KV tokens read per decode step",
