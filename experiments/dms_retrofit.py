@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.checkpoint = "runs/sft_arith/hf"
   c.task = "easy"  # or "kv_retrieval" (the checkpoint must be trained on it)
-  c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3))  # kv_retrieval only
+  c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3, filler=0))  # kv_retrieval only
   c.num_train = 20000
   c.num_eval = 128
   c.seed = 0

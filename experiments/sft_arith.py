@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "easy"
   # kv_retrieval only: the held-out problems' shape; training prompts list from `retrieval_min_pairs` pairs up
-  c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3))
+  c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3, filler=0))
   c.retrieval_min_pairs = 1
   c.model = "tiny"
   c.init_checkpoint = ""  # a Hugging Face directory to fine-tune (e.g. an earlier run's workdir/hf); "": from scratch

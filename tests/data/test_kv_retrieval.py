@@ -56,6 +56,7 @@ def test_every_character_is_one_token_of_the_embedded_tokenizer():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(num_pairs=0), "num_pairs must be a positive int"),
+    (dict(num_pairs=2, filler=-1), "filler must be an int >= 0"),
     (dict(num_pairs=27, key_len=1), "more distinct keys"),
     (dict(num_pairs=4, depth=4), "depth must be in"),
     (dict(num_pairs=4, min_pairs=5), r"min_pairs must be in \[1, num_pairs=4\]"),
@@ -73,6 +74,29 @@ def test_min_pairs_mixes_listing_lengths_within_the_range():
   for record in records:
     pairs, query = _parse(record["prompt"])
     assert record["answer"] == dict(pairs)[query]
+
+
+def test_filler_surrounds_the_pairs_with_letters():
+  cfg = kvr.KVRetrievalConfig(num_pairs=3, key_len=1, value_len=2, filler=40)
+  records = kvr.make_dataset("train", 100, seed=2, cfg=cfg)
+  positions = set()
+  for record in records:
+    prompt = record["prompt"]
+    assert len(prompt) == cfg.prompt_len and re.fullmatch(r"[a-z0-9=;]+\?[a-z]=", prompt)
+    pairs = re.findall(r"([a-z])=([0-9]{2});", prompt)  # a key is the one letter before `=`
+    assert len(pairs) == 3 and len({key for key, _ in pairs}) == 3
+    assert record["answer"] == dict(pairs)[prompt[-2]]
+    assert len(re.sub(r"[a-z]=[0-9]{2};", "", prompt[:-3])) == 40  # the haystack: every other character
+    positions.add(prompt.index("="))
+  assert len(positions) > 20  # the pairs' place in the haystack varies
+
+
+def test_without_filler_the_seed_is_the_one_used_before_filler_existed():
+  import random
+  cfg = kvr.KVRetrievalConfig(num_pairs=4, min_pairs=2)
+  rng = random.Random("jaxpost.kv_retrieval/test/3/KVRetrievalConfig(num_pairs=4, key_len=2, value_len=3, "
+                      "depth=None, min_pairs=2)")
+  assert kvr.make_dataset("test", 20, seed=3, cfg=cfg) == kvr.draw_from_split(lambda: kvr._sample(rng, cfg), "test", 20)
 
 
 def test_bad_split_is_refused():
