@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = ""
   c.dms_checkpoints = ()  # ((nominal_cr, path), ...)
   c.task = "easy"
-  c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3))  # kv_retrieval only
+  c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3, filler=0))  # kv_retrieval only
   c.num_eval = 128
   c.seed = 0
   c.completion_len = 96
@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sinks = 4
   c.h2o_recent_fraction = 0.5
   c.quest_page_size = 8
+  # majority-vote view (samples=() skips it)
   c.vote = ml_collections.ConfigDict(dict(samples=(1, 2, 4), temperature=0.7, num_eval=64))
   c.lengths = (16, 24, 28, 32, 40, 48)  # completion caps of the longer-generation view (tokens); () skips it
   return c
@@ -208,10 +209,11 @@ def markdown_tables(rows: list[dict], vote_rows: list[dict], length_rows: list[d
            "|---|---|---|---|---|"]
   lines += [f"| {r['method']} | {fmt(r['budget'], 'd')} | {r['accuracy']:.3f} | {r['kv_held']:.1f} | "
             f"{fmt(r['kv_read_per_step'], '.1f')} |" for r in rows]
-  lines += ["", "| model | samples (majority vote) | accuracy | KV tokens per problem (per layer / head) |",
-            "|---|---|---|---|"]
-  lines += [f"| {r['method']} | {r['samples']} | {r['accuracy']:.3f} | {r['kv_per_problem']:.1f} |"
-            for r in vote_rows]
+  if vote_rows:
+    lines += ["", "| model | samples (majority vote) | accuracy | KV tokens per problem (per layer / head) |",
+              "|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['samples']} | {r['accuracy']:.3f} | {r['kv_per_problem']:.1f} |"
+              for r in vote_rows]
   if length_rows:
     lines += ["", "| model | completion cap (tokens) | accuracy | KV tokens held at the cap |", "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['completion_len']} | {r['accuracy']:.3f} | {r['kv_held']:.1f} |"
@@ -221,13 +223,18 @@ def markdown_tables(rows: list[dict], vote_rows: list[dict], length_rows: list[d
 
 def plot(rows: list[dict], vote_rows: list[dict], length_rows: list[dict], path: str) -> None:
   """Panels: accuracy vs KV tokens held (eviction methods, DMS, dense); vs KV tokens read per decode step (Quest;
-  it holds the full cache); majority-vote accuracy vs KV memory per problem; capped-length accuracy vs KV held."""
+  it holds the full cache); majority-vote accuracy vs KV memory per problem; capped-length accuracy vs KV held.
+  A hyper-scaling view without rows (its samples or lengths set to ()) has no panel."""
   import matplotlib  # Heavy import, only when plotting.
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+  views = [view for view in ((vote_rows, "kv_per_problem", "hyper-scaling: majority vote",
+                               "KV tokens per problem (samples x held)"),
+                              (length_rows, "kv_held", "hyper-scaling: longer generation",
+                               "KV tokens held at the completion cap")) if view[0]]
+  fig, axes = plt.subplots(1, 2 + len(views), figsize=(5 * (2 + len(views)), 4.2))
   methods = list(dict.fromkeys(r["method"] for r in rows))
   for method in methods:
     mine = [r for r in rows if r["method"] == method]
@@ -241,14 +248,12 @@ def plot(rows: list[dict], vote_rows: list[dict], length_rows: list[dict], path:
                    label=method)
   dense = [r for r in rows if r["method"] == "dense"]
   axes[1].plot([r["kv_held"] for r in dense], [r["accuracy"] for r in dense], "s", label="dense (reads all)")
-  for ax, series, memory in ((axes[2], vote_rows, "kv_per_problem"), (axes[3], length_rows, "kv_held")):
+  for ax, (series, memory, _, _) in zip(axes[2:], views):
     for key in dict.fromkeys(r["method"] for r in series):
       mine = [r for r in series if r["method"] == key]
       ax.plot([r[memory] for r in mine], [r["accuracy"] for r in mine], "o-", label=key)
-  titles = ("accuracy vs KV memory", "accuracy vs KV reads (Quest)", "hyper-scaling: majority vote",
-            "hyper-scaling: longer generation")
-  xlabels = ("KV tokens held per (seq, layer, KV head)", "KV tokens read per decode step",
-             "KV tokens per problem (samples x held)", "KV tokens held at the completion cap")
+  titles = ("accuracy vs KV memory", "accuracy vs KV reads (Quest)", *(view[2] for view in views))
+  xlabels = ("KV tokens held per (seq, layer, KV head)", "KV tokens read per decode step", *(view[3] for view in views))
   for ax, title, xlabel in zip(axes, titles, xlabels):
     ax.set_xscale("log", base=2)
     ax.set_title(title)
