@@ -110,7 +110,8 @@ def run_experiment(get_config: Callable[[], ml_collections.ConfigDict],
                    main: Callable[[ml_collections.ConfigDict, str], Any], argv: Sequence[str] | None = None) -> Any:
   """Parses the command line (default `sys.argv[1:]`), records the config and calls `main(config, workdir)`.
 
-  A bad command line exits with a one-line error on stderr (status 2).
+  A bad command line exits with a one-line error on stderr (status 2); so does a ValueError from `main`, the
+  library's refusal of a bad value or file (status 1), unless JAXPOST_TRACEBACK=1 asks for the traceback.
   """
   config = get_config()
   try:
@@ -121,4 +122,10 @@ def run_experiment(get_config: Callable[[], ml_collections.ConfigDict],
   initialize_distributed()
   if jax.process_index() == 0:
     _record_config(config, workdir)
-  return main(config, workdir)
+  try:
+    return main(config, workdir)
+  except ValueError as error:
+    if os.environ.get("JAXPOST_TRACEBACK") == "1":
+      raise
+    print(f"error: {error} (JAXPOST_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+    raise SystemExit(1) from None

@@ -61,3 +61,19 @@ def test_run_experiment_exits_with_one_line_and_records_the_config(tmp_path, cap
   assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 3
   with pytest.warns(UserWarning, match="different config"):
     run_experiment(_config, main, ["--workdir", str(tmp_path), "--config.total_steps=4"])
+
+
+def test_a_value_error_from_main_is_one_line_unless_the_traceback_is_asked_for(tmp_path, capsys, monkeypatch):
+  def main(config, workdir):
+    raise ValueError(f"total_steps must be even, got {config.total_steps}")
+
+  args = ["--workdir", str(tmp_path), "--config.total_steps=3"]
+  monkeypatch.delenv("JAXPOST_TRACEBACK", raising=False)
+  with pytest.raises(SystemExit) as exit_info:
+    run_experiment(_config, main, args)
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err == ("error: total_steps must be even, got 3 "
+                                     "(JAXPOST_TRACEBACK=1 shows where it was raised)\n")
+  monkeypatch.setenv("JAXPOST_TRACEBACK", "1")
+  with pytest.raises(ValueError, match="must be even, got 3"):
+    run_experiment(_config, main, args)
