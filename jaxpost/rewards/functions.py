@@ -18,19 +18,22 @@ from jaxpost.rewards.isolated import IsolatedReward, check_lengths
 RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 
 
+def _exact_match(extract: Callable[[str], str | None], prompts: Sequence[str], completions: Sequence[str],
+                 answers: Sequence[str]) -> np.ndarray:
+  """1 where `extract` of the completion equals the stripped reference answer, else 0."""
+  check_lengths(prompts, completions, answers)
+  return np.asarray([float(extract(c) == a.strip()) for c, a in zip(completions, answers)], np.float32)
+
+
 def arith_exact_match(prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
   """1 where the arithmetic answer line equals the reference integer exactly, else 0."""
-  check_lengths(prompts, completions, answers)
-  return np.asarray([float(extract_arith_answer(c) == a.strip()) for c, a in zip(completions, answers)],
-                    np.float32)
+  return _exact_match(extract_arith_answer, prompts, completions, answers)
 
 
 def retrieval_exact_match(prompts: Sequence[str], completions: Sequence[str],
                           answers: Sequence[str]) -> np.ndarray:
   """1 where the key-value lookup's answer (the completion's first line) is the queried value, else 0."""
-  check_lengths(prompts, completions, answers)
-  return np.asarray([float(extract_retrieval_answer(c) == a.strip()) for c, a in zip(completions, answers)],
-                    np.float32)
+  return _exact_match(extract_retrieval_answer, prompts, completions, answers)
 
 
 def task_scoring(task: str) -> tuple[RewardFn, Callable[[str], str | None]]:
