@@ -92,7 +92,7 @@ def param_count(cfg: ModelConfig) -> int:
   if cfg.qk_norm:
     attn += 2 * dh
   if cfg.dms is not None and cfg.dms.variant == "adapter":
-    attn += d + d * k + k  # RMSNorm scale, Linear(d -> K) kernel and bias
+    attn += d + d * k + k  # RMSNorm scale, Linear(d -> K) weight and bias
   per_layer = attn + 3 * d * f + 2 * d
   embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
   return cfg.num_layers * per_layer + embed + d

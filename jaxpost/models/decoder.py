@@ -13,6 +13,7 @@ from jaxpost.models import dms
 from jaxpost.models.attention import grouped_attention, segment_causal_mask
 from jaxpost.models.config import ModelConfig
 from jaxpost.models.kv_cache import KVCache
+from jaxpost.models.linear import Linear, project
 from jaxpost.models.rope import apply_rope, inverse_frequencies
 
 _INIT = nnx.initializers.normal(stddev=0.02)
@@ -31,9 +32,9 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
-def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *, bias: bool = False) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                    kernel_init=_INIT, rngs=rngs)
+def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *, bias: bool = False,
+            init=_INIT) -> Linear:
+  return Linear(d_in, d_out, bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, init=init, rngs=rngs)
 
 
 class Attention(nnx.Module):
@@ -55,8 +56,7 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(dh, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
     if cfg.dms is not None and cfg.dms.variant == "adapter":
       self.dms_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
-      self.dms_proj = nnx.Linear(d, k, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                                 kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+      self.dms_proj = _linear(cfg, d, k, rngs, bias=True, init=nnx.initializers.zeros_init())
 
   def project(self, x_BxTxD: jax.Array, positions_BxT: jax.Array):
     """Queries [B,T,H,Dh], keys and values [B,T,K,Dh], normed and rotated, and the DMS query neuron [B,T,K]
@@ -163,8 +163,9 @@ class Decoder(nnx.Module):
 
   def unembed(self, hidden_BxTxD: jax.Array) -> jax.Array:
     """Logits [B, T, V] in float32."""
-    if self.cfg.tie_embeddings:
-      logits = self.embed.attend(hidden_BxTxD)
+    if self.cfg.tie_embeddings:  # the table [V, D] is the head's weight, stored [out, in]
+      dtype = self.cfg.compute_dtype
+      logits = project(hidden_BxTxD.astype(dtype), self.embed.embedding[...].astype(dtype))
     else:
       logits = self.lm_head(hidden_BxTxD)
     return logits.astype(jnp.float32)

@@ -129,30 +129,30 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 # ----------------------------------------------------------------------------------------------- tensor names
 
 
-def tensor_map(cfg: ModelConfig) -> dict[str, tuple[tuple, bool]]:
-  """HF tensor name -> (our param path, whether the matrix is transposed between the two)."""
-  names: dict[str, tuple[tuple, bool]] = {"model.embed_tokens.weight": (("embed", "embedding"), False),
-                                          "model.norm.weight": (("final_norm", "scale"), False)}
+def tensor_map(cfg: ModelConfig) -> dict[str, tuple]:
+  """HF tensor name -> our param path. Every tensor has the same layout on both sides (linear weights [out, in])."""
+  names: dict[str, tuple] = {"model.embed_tokens.weight": ("embed", "embedding"),
+                             "model.norm.weight": ("final_norm", "scale")}
   if not cfg.tie_embeddings:
-    names["lm_head.weight"] = (("lm_head", "kernel"), True)
+    names["lm_head.weight"] = ("lm_head", "weight")
   for i in range(cfg.num_layers):
     hf, ours = f"model.layers.{i}.", ("layers", i)
-    names[hf + "input_layernorm.weight"] = (ours + ("attn_norm", "scale"), False)
-    names[hf + "post_attention_layernorm.weight"] = (ours + ("mlp_norm", "scale"), False)
+    names[hf + "input_layernorm.weight"] = ours + ("attn_norm", "scale")
+    names[hf + "post_attention_layernorm.weight"] = ours + ("mlp_norm", "scale")
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-      names[hf + f"self_attn.{proj}.weight"] = (ours + ("attn", proj, "kernel"), True)
+      names[hf + f"self_attn.{proj}.weight"] = ours + ("attn", proj, "weight")
     if cfg.qkv_bias:
       for proj in ("q_proj", "k_proj", "v_proj"):
-        names[hf + f"self_attn.{proj}.bias"] = (ours + ("attn", proj, "bias"), False)
+        names[hf + f"self_attn.{proj}.bias"] = ours + ("attn", proj, "bias")
     if cfg.qk_norm:
       for norm in ("q_norm", "k_norm"):
-        names[hf + f"self_attn.{norm}.weight"] = (ours + ("attn", norm, "scale"), False)
+        names[hf + f"self_attn.{norm}.weight"] = ours + ("attn", norm, "scale")
     for proj in ("gate_proj", "up_proj", "down_proj"):
-      names[hf + f"mlp.{proj}.weight"] = (ours + ("mlp", proj, "kernel"), True)
+      names[hf + f"mlp.{proj}.weight"] = ours + ("mlp", proj, "weight")
     if cfg.dms is not None and cfg.dms.variant == "adapter":  # extra tensors transformers skips when loading
-      names[hf + "self_attn.dms_norm.weight"] = (ours + ("attn", "dms_norm", "scale"), False)
-      names[hf + "self_attn.dms_proj.weight"] = (ours + ("attn", "dms_proj", "kernel"), True)
-      names[hf + "self_attn.dms_proj.bias"] = (ours + ("attn", "dms_proj", "bias"), False)
+      names[hf + "self_attn.dms_norm.weight"] = ours + ("attn", "dms_norm", "scale")
+      names[hf + "self_attn.dms_proj.weight"] = ours + ("attn", "dms_proj", "weight")
+      names[hf + "self_attn.dms_proj.bias"] = ours + ("attn", "dms_proj", "bias")
   return names
 
 
@@ -204,19 +204,15 @@ def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str 
       continue
     if name not in names:
       raise CheckpointError(f"{directory}/{file_name}: unexpected tensor {name!r} for model_type {cfg.model_type}")
-    path, transpose = names[name]
-    want = expected[path].shape
-    got = tuple(tensor.shape[::-1] if transpose else tensor.shape)
-    if got != tuple(want):
-      hf_want = tuple(want[::-1]) if transpose else tuple(want)
+    path = names[name]
+    want = tuple(expected[path].shape)
+    if tuple(tensor.shape) != want:
       raise CheckpointError(f"{directory}/{file_name}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                            f"config.json implies {hf_want}")
-    loaded[path] = (tensor.T if transpose else tensor).astype(cfg.weight_dtype)
-  for name, (path, transpose) in names.items():
+                            f"config.json implies {want}")
+    loaded[path] = tensor.astype(cfg.weight_dtype)
+  for name, path in names.items():
     if path not in loaded:
-      shape = expected[path].shape
-      raise CheckpointError(f"{directory}: missing tensor {name!r} (expected shape "
-                            f"{tuple(shape[::-1]) if transpose else tuple(shape)})")
+      raise CheckpointError(f"{directory}: missing tensor {name!r} (expected shape {tuple(expected[path].shape)})")
   for path, var in expected.items():
     var.set_value(loaded[path])
   return nnx.merge(graphdef, state)
@@ -228,9 +224,8 @@ def save_pretrained(model: Decoder, directory: str, *, max_shard_bytes: int = 5 
   cfg = model.cfg
   flat = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   tensors = {}
-  for name, (path, transpose) in tensor_map(cfg).items():
-    array = np.asarray(jax.device_get(flat[path]))
-    tensors[name] = np.ascontiguousarray(array.T if transpose else array)
+  for name, path in tensor_map(cfg).items():
+    tensors[name] = np.ascontiguousarray(jax.device_get(flat[path]))
   shards = _split_into_shards(tensors, max_shard_bytes)
   if len(shards) == 1:
     _atomic_save(shards[0], os.path.join(directory, "model.safetensors"))

@@ -1,7 +1,7 @@
 """Partition rules: parameter path (regex) -> PartitionSpec over the mesh axes, and the batch sharding.
 
-A path is the '/'-joined pytree path of a leaf, e.g. `layers/3/attn/q_proj/kernel`; optimizer-state leaves carry
-the parameter path as a suffix (`0/mu/layers/3/attn/q_proj/kernel`), so the same rules shard Adam's moments like
+A path is the '/'-joined pytree path of a leaf, e.g. `layers/3/attn/q_proj/weight`; optimizer-state leaves carry
+the parameter path as a suffix (`0/mu/layers/3/attn/q_proj/weight`), so the same rules shard Adam's moments like
 their parameters. The first rule whose regex is found in the path wins; leaves no rule matches are replicated.
 
 FSDP shards every matrix's large (model-dim or vocab) dimension over `fsdp`; tensor parallelism splits attention
@@ -21,12 +21,12 @@ Rules = Sequence[tuple[str, P]]
 
 DEFAULT_RULES: Rules = (
     (r"(^|/)embed/embedding$", P(("fsdp", "tensor"), None)),  # [V, D]: vocab-parallel lookup
-    (r"(^|/)lm_head/kernel$", P("fsdp", "tensor")),  # [D, V]
-    (r"/attn/(q_proj|k_proj|v_proj)/kernel$", P("fsdp", "tensor")),  # [D, heads*Dh]
+    (r"(^|/)lm_head/weight$", P("tensor", "fsdp")),  # [V, D]
+    (r"/attn/(q_proj|k_proj|v_proj)/weight$", P("tensor", "fsdp")),  # [heads*Dh, D]
     (r"/attn/(q_proj|k_proj|v_proj)/bias$", P("tensor")),  # [heads*Dh]
-    (r"/attn/o_proj/kernel$", P("tensor", "fsdp")),  # [H*Dh, D]
-    (r"/mlp/(gate_proj|up_proj)/kernel$", P("fsdp", "tensor")),  # [D, F]
-    (r"/mlp/down_proj/kernel$", P("tensor", "fsdp")),  # [F, D]
+    (r"/attn/o_proj/weight$", P("fsdp", "tensor")),  # [D, H*Dh]
+    (r"/mlp/(gate_proj|up_proj)/weight$", P("tensor", "fsdp")),  # [F, D]
+    (r"/mlp/down_proj/weight$", P("fsdp", "tensor")),  # [D, F]
     (r"(^|/)(scale|bias)$", P()),  # norms and other biases
 )
 

@@ -11,7 +11,7 @@ def tiny_model(seed: int = 0, *, vocab: int = 53, logit_scale: float = 1.0, **ov
   cfg = jm.ModelConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                        intermediate_size=64, qk_norm=True, **overrides)
   model = jm.Decoder(cfg, rngs=nnx.Rngs(seed))
-  model.lm_head.kernel[...] = model.lm_head.kernel[...] * logit_scale
+  model.lm_head.weight[...] = model.lm_head.weight[...] * logit_scale
   return model
 
 

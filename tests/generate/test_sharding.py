@@ -22,8 +22,8 @@ def test_sharded_generation_equals_single_device():
 
   state = nnx.state(model)
   nnx.update(model, jax.device_put(state, param_shardings(state, mesh)))
-  q_kernel = model.layers[0].attn.q_proj.kernel[...]
-  assert q_kernel.sharding.spec == P("fsdp", "tensor") and len(q_kernel.sharding.device_set) == 8
+  q_weight = model.layers[0].attn.q_proj.weight[...]
+  assert q_weight.sharding.spec == P("tensor", "fsdp") and len(q_weight.sharding.device_set) == 8
   rows = batch_sharding(mesh)
   sharded = generate(model, jax.device_put(tokens, rows), jax.device_put(mask, rows), cfg=cfg,
                      rng=jax.device_put(keys, rows), mesh=mesh)

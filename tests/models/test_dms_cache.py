@@ -21,7 +21,7 @@ def _model(variant="query_neuron", window=3):
   model = jm.Decoder(cfg, rngs=nnx.Rngs(0))
   if variant == "adapter":  # a trained-looking adapter: about half the decisions evict
     for i, layer in enumerate(model.layers):
-      layer.attn.dms_proj.kernel.set_value(0.05 * jax.random.normal(jax.random.key(i), (48, 2)))
+      layer.attn.dms_proj.weight.set_value(0.05 * jax.random.normal(jax.random.key(i), (48, 2)).T)
   return model
 
 

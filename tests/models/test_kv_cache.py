@@ -58,7 +58,7 @@ def test_bfloat16_compute_stays_close_to_float32():
   tokens = np.random.RandomState(1).randint(0, 61, (2, 16))
   f32 = np.asarray(_model()(tokens))
   bf16 = _model(dtype="bfloat16")
-  assert bf16.layers[0].mlp.up_proj.kernel[...].dtype == jnp.float32  # weights stay float32
+  assert bf16.layers[0].mlp.up_proj.weight[...].dtype == jnp.float32  # weights stay float32
   got = np.asarray(bf16(tokens))
   assert got.dtype == np.float32
   assert np.abs(got - f32).max() < 0.05 * np.abs(f32).max()

@@ -39,8 +39,8 @@ def test_restore_onto_a_different_mesh(tmp_path):
   state, position = Checkpointer(str(tmp_path), CheckpointConfig()).restore_latest(_target(mesh))
   assert position == {"data": {"index": 3}} and int(state.step) == 3
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), state, saved)
-  q = state.params["layers"][0]["attn"]["q_proj"]["kernel"]
-  assert q.sharding.mesh.shape == mesh.shape and {s.data.shape for s in q.addressable_shards} == {(8, 32)}
+  q = state.params["layers"][0]["attn"]["q_proj"]["weight"]
+  assert q.sharding.mesh.shape == mesh.shape and {s.data.shape for s in q.addressable_shards} == {(32, 8)}
 
 
 # A failed Orbax restore leaves background reads whose errors surface after their event loop closed.

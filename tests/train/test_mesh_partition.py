@@ -38,16 +38,16 @@ def test_rules_shard_heads_and_mlp_over_tensor_and_the_large_dim_over_fsdp():
   mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
   expected = {
       "embed/embedding": ((64, 32), P(("fsdp", "tensor"), None)),
-      "lm_head/kernel": ((32, 64), P("fsdp", "tensor")),
-      "layers/0/attn/q_proj/kernel": ((32, 64), P("fsdp", "tensor")),
+      "lm_head/weight": ((64, 32), P("tensor", "fsdp")),
+      "layers/0/attn/q_proj/weight": ((64, 32), P("tensor", "fsdp")),
       "layers/0/attn/k_proj/bias": ((16,), P("tensor")),
-      "layers/11/attn/o_proj/kernel": ((64, 32), P("tensor", "fsdp")),
-      "layers/1/mlp/up_proj/kernel": ((32, 128), P("fsdp", "tensor")),
-      "layers/1/mlp/down_proj/kernel": ((128, 32), P("tensor", "fsdp")),
+      "layers/11/attn/o_proj/weight": ((32, 64), P("fsdp", "tensor")),
+      "layers/1/mlp/up_proj/weight": ((128, 32), P("tensor", "fsdp")),
+      "layers/1/mlp/down_proj/weight": ((32, 128), P("fsdp", "tensor")),
       "layers/1/attn/q_norm/scale": ((8,), P()),
       "final_norm/scale": ((32,), P()),
       "some/new/adapter": ((32, 4), P()),  # unmatched: replicated
-      "0/mu/layers/2/mlp/gate_proj/kernel": ((32, 128), P("fsdp", "tensor")),  # Adam moment follows its param
+      "0/mu/layers/2/mlp/gate_proj/weight": ((128, 32), P("tensor", "fsdp")),  # Adam moment follows its param
       "0/count": ((), P()),
   }
   for path, (shape, spec) in expected.items():
@@ -56,13 +56,13 @@ def test_rules_shard_heads_and_mlp_over_tensor_and_the_large_dim_over_fsdp():
 
 def test_indivisible_dimension_falls_back_to_replication():
   mesh = make_mesh(MeshConfig(fsdp=2, tensor=4))
-  # 2 KV heads x 8 = 16 columns do divide by 4; 6 columns (e.g. 3 heads x 2) do not.
-  assert spec_for("layers/0/attn/k_proj/kernel", (32, 16), mesh) == P("fsdp", "tensor")
-  assert spec_for("layers/0/attn/k_proj/kernel", (32, 6), mesh) == P("fsdp", None)
+  # 2 KV heads x 8 = 16 output rows do divide by 4; 6 rows (e.g. 3 heads x 2) do not.
+  assert spec_for("layers/0/attn/k_proj/weight", (16, 32), mesh) == P("tensor", "fsdp")
+  assert spec_for("layers/0/attn/k_proj/weight", (6, 32), mesh) == P(None, "fsdp")
   assert spec_for("embed/embedding", (10, 32), mesh) == P(None, None)
   assert spec_for("embed/embedding", (16, 32), mesh) == P(("fsdp", "tensor"), None)
   with pytest.raises(ValueError, match="has 2 dims"):
-    spec_for("layers/0/mlp/up_proj/kernel", (32,), mesh)
+    spec_for("layers/0/mlp/up_proj/weight", (32,), mesh)
 
 
 def test_batch_is_sharded_over_data_and_fsdp():

@@ -46,10 +46,10 @@ def test_weight_decay_skips_norms_biases_and_vectors():
   seen = set()
   for (path, u), p in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(params)):
     name = path_str(path)
-    decayed = name.endswith("kernel") or name.endswith("embedding")
+    decayed = name.endswith("weight") or name.endswith("embedding")
     np.testing.assert_allclose(u, -0.5 * 0.1 * p if decayed else np.zeros_like(p), atol=1e-7, err_msg=name)
     seen.add(name.rsplit("/", 1)[-1])
-  assert {"bias", "scale", "kernel", "embedding"} <= seen
+  assert {"bias", "scale", "weight", "embedding"} <= seen
 
 
 def test_trainable_subset_updates_only_matching_params_and_clips_their_norm():

@@ -46,11 +46,11 @@ def _assert_sharded_by_rules(params, mesh):
 def _shard_shapes(f, t):
   """Per-device block of each parameter kind of the tiny model (D=32, H*Dh=32, K*Dh=16, F=64, V=64)."""
   return {
-      "embed/embedding": (64 // (f * t), 32), "lm_head/kernel": (32 // f, 64 // t),
-      "attn/q_proj/kernel": (32 // f, 32 // t), "attn/k_proj/kernel": (32 // f, 16 // t),
-      "attn/v_proj/kernel": (32 // f, 16 // t), "attn/o_proj/kernel": (32 // t, 32 // f),
-      "mlp/gate_proj/kernel": (32 // f, 64 // t), "mlp/up_proj/kernel": (32 // f, 64 // t),
-      "mlp/down_proj/kernel": (64 // t, 32 // f), "q_norm/scale": (8,), "k_norm/scale": (8,),
+      "embed/embedding": (64 // (f * t), 32), "lm_head/weight": (64 // t, 32 // f),
+      "attn/q_proj/weight": (32 // t, 32 // f), "attn/k_proj/weight": (16 // t, 32 // f),
+      "attn/v_proj/weight": (16 // t, 32 // f), "attn/o_proj/weight": (32 // f, 32 // t),
+      "mlp/gate_proj/weight": (64 // t, 32 // f), "mlp/up_proj/weight": (64 // t, 32 // f),
+      "mlp/down_proj/weight": (32 // f, 64 // t), "q_norm/scale": (8,), "k_norm/scale": (8,),
       "attn_norm/scale": (32,), "mlp_norm/scale": (32,), "final_norm/scale": (32,),
   }
 
