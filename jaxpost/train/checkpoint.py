@@ -3,7 +3,9 @@
 Orbax writes each checkpoint into a temporary directory and renames it (or writes `commit_success.txt`) only when
 complete, so a write cut short by a crash is never listed as a step. A listed checkpoint that still fails to
 restore (truncated files, disk errors) is reported with a warning, moved aside as `corrupt-<step>` and the next
-older one is used. Restoring takes target shardings, so a run may resume on a different mesh.
+older one is used. A checkpoint that reads fine but holds other arrays than the target (another model or
+optimizer) is an error, and stays where it is. Restoring takes target shardings, so a run may resume on a different
+mesh.
 """
 
 import dataclasses
@@ -64,8 +66,13 @@ class Checkpointer:
 
   def restore_latest(self, target) -> tuple[TrainState, dict] | None:
     """(state, data position) of the newest checkpoint that restores cleanly onto `target` (see
-    `abstract_state`), or None when there is none. Unreadable newer checkpoints are warned about and moved aside."""
+    `abstract_state`), or None when there is none. Unreadable newer checkpoints are warned about and moved aside;
+    one that holds other arrays than `target` raises ValueError."""
     for step in reversed(self.steps()):
+      difference = self._difference(step, target)
+      if difference:
+        raise ValueError(f"checkpoint {self.directory}/{step} was written for another model or optimizer "
+                         f"({difference}); resume with the config that wrote it, or use a new directory")
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
@@ -75,6 +82,24 @@ class Checkpointer:
         self._set_aside(step)
         continue
       return restored.state, restored.data
+    return None
+
+  def _difference(self, step: int, target) -> str | None:
+    """The first array that checkpoint `step` and `target` do not share, or share with another shape; None when
+    they match or the metadata cannot be read (the restore then reports the damage)."""
+    try:
+      stored = ocp.tree.to_flat_dict(self._manager.item_metadata(step)["state"].tree)
+    except Exception:  # damaged metadata: the same "unusable" as in restore_latest
+      return None
+    wanted = ocp.tree.to_flat_dict(target)
+    for key in list(wanted) + [key for key in stored if key not in wanted]:  # in the state's order: params first
+      name = "/".join(k for k in key if k != "value")
+      if key not in wanted:
+        return f"it holds {name}, which this state does not have"
+      if key not in stored:
+        return f"it has no {name}"
+      if tuple(stored[key].shape) != tuple(wanted[key].shape):
+        return f"{name} is {tuple(stored[key].shape)} there, {tuple(wanted[key].shape)} here"
     return None
 
   def _set_aside(self, step: int) -> None:

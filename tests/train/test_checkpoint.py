@@ -12,7 +12,7 @@ from jaxpost.models import from_pretrained
 from jaxpost.train import (CheckpointConfig, Checkpointer, MeshConfig, OptimizerConfig, abstract_state,
                            create_train_state, export_hf, make_mesh, param_shardings, split_model,
                            train_state_shardings)
-from tests.train.helpers import random_batch, tiny_model
+from tests.train.helpers import TINY, random_batch, tiny_model
 
 OPT = OptimizerConfig(trainable=r"layers/0/mlp/")
 GRAPHDEF, HOST_PARAMS = split_model(tiny_model())
@@ -69,6 +69,25 @@ def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
   assert int(state.step) == 1 and position == {"data": {"index": 1}}
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), state.params, _state(mesh, 1).params)
   assert checkpointer.steps() == [1] and glob.glob(str(tmp_path / "corrupt-2-*"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(intermediate_size=96), r"params/layers/0/mlp/down_proj/weight is \(32, 64\) there, \(32, 96\) here"),
+    (dict(qkv_bias=True), r"it has no params/layers/0/attn/k_proj/bias"),
+])
+def test_checkpoint_of_another_model_is_an_error_and_stays_in_place(tmp_path, change, message):
+  mesh = make_mesh(MeshConfig(fsdp=8))
+  checkpointer = Checkpointer(str(tmp_path), CheckpointConfig(save_every=1))
+  checkpointer.save(1, _state(mesh, 1), {"data": {"index": 1}})
+  checkpointer.wait()
+  before = sorted(glob.glob(str(tmp_path / "**"), recursive=True))
+  _, other_params = split_model(tiny_model(cfg=TINY.replace(**change)))
+  other = abstract_state(*train_state_shardings(other_params, optimizer=OPT, mesh=mesh))
+  with pytest.raises(ValueError, match=rf"checkpoint .*/1 was written for another model or optimizer \({message}"):
+    checkpointer.restore_latest(other)
+  assert sorted(glob.glob(str(tmp_path / "**"), recursive=True)) == before
+  state, _ = checkpointer.restore_latest(_target(mesh))  # still restorable by the model that wrote it
+  assert int(state.step) == 1
 
 
 def test_no_checkpoint_means_none(tmp_path):
