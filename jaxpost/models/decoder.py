@@ -13,7 +13,7 @@ from jaxpost.models import dms
 from jaxpost.models.attention import grouped_attention, segment_causal_mask
 from jaxpost.models.config import ModelConfig
 from jaxpost.models.kv_cache import KVCache
-from jaxpost.models.linear import Linear, project
+from jaxpost.models.linear import Linear, apply_all, project
 from jaxpost.models.rope import apply_rope, inverse_frequencies
 
 _INIT = nnx.initializers.normal(stddev=0.02)
@@ -63,9 +63,10 @@ class Attention(nnx.Module):
     (None unless that variant is on; it is read after q-norm and zeroed before and after RoPE)."""
     b, t, _ = x_BxTxD.shape
     cfg = self.cfg
-    q = self.q_proj(x_BxTxD).reshape(b, t, cfg.num_heads, cfg.head_dim)
-    k = self.k_proj(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    v = self.v_proj(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    q, k, v = apply_all((self.q_proj, self.k_proj, self.v_proj), x_BxTxD)
+    q = q.reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     neuron_BxTxK = None
@@ -101,7 +102,8 @@ class MLP(nnx.Module):
     self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    gate, up = apply_all((self.gate_proj, self.up_proj), x)
+    return self.down_proj(jax.nn.silu(gate) * up)
 
 
 class Block(nnx.Module):

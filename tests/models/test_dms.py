@@ -81,12 +81,12 @@ def test_query_neuron_reads_first_head_of_each_group_after_qnorm_and_is_zeroed_a
   positions = jnp.arange(5)[None]
   q, _, _, neuron = attn.project(x, positions)
   raw = attn.q_norm(attn.q_proj(x).reshape(1, 5, 4, 12))  # heads 0 and 2 open the two groups of 2
-  np.testing.assert_allclose(np.asarray(neuron), np.asarray(raw[:, :, [0, 2], -1]), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(neuron), np.asarray(raw[:, :, [0, 2], -1]), rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(q[:, :, [0, 2], -1]), 0.0)
   assert np.all(np.asarray(q[:, 1:, [1, 3], -1]) != 0)  # other heads untouched
   zeroed = raw.at[:, :, [0, 2], -1].set(0)
   want = apply_rope(zeroed, positions, inverse_frequencies(12, cfg.rope_theta)).at[:, :, [0, 2], -1].set(0)
-  np.testing.assert_allclose(np.asarray(q), np.asarray(want), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(q), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
 def test_all_keep_dms_attention_equals_dense_attention():
