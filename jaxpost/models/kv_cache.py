@@ -37,22 +37,23 @@ class DenseKVCache:
 
   Prompts may be left-padded; padding columns are never attended to. Capacity must cover prompt plus
   generated tokens (writes past the end would be clamped by XLA, so `begin_step` callers size it right).
-  Keys and values are stored head-major, so each decode step reads them without a transpose.
+  Keys and values are stored head-major (the layouts `head_major_attention` reads), so each decode step reads them
+  without a transpose.
   """
 
-  keys: tuple[jax.Array, ...]  # per layer [B, K, S, D]
-  values: tuple[jax.Array, ...]
+  keys: tuple[jax.Array, ...]  # per layer [B, K, D, S]
+  values: tuple[jax.Array, ...]  # per layer [B, K, S, D]
   valid_BxS: jax.Array
   end: jax.Array  # int32 scalar: columns written so far
   step_len: int = flax.struct.field(pytree_node=False, default=0)
 
   @classmethod
   def create(cls, cfg: ModelConfig, batch_size: int, capacity: int, dtype=None) -> "DenseKVCache":
-    shape = (batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)
     dtype = dtype or cfg.compute_dtype
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
-    return cls(keys=zeros, values=zeros, valid_BxS=jnp.zeros((batch_size, capacity), bool),
-               end=jnp.zeros((), jnp.int32))
+    zeros = lambda *shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    k, d = cfg.num_kv_heads, cfg.head_dim
+    return cls(keys=zeros(batch_size, k, d, capacity), values=zeros(batch_size, k, capacity, d),
+               valid_BxS=jnp.zeros((batch_size, capacity), bool), end=jnp.zeros((), jnp.int32))
 
   @property
   def capacity(self) -> int:
@@ -64,9 +65,10 @@ class DenseKVCache:
 
   def attend(self, layer, q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, evict_logits_BxTxK=None):
     del evict_logits_BxTxK  # a dense cache keeps everything
-    write = lambda cache_BxKxSxD, new_BxTxKxD: jax.lax.dynamic_update_slice(
-        cache_BxKxSxD, jnp.swapaxes(new_BxTxKxD, 1, 2).astype(cache_BxKxSxD.dtype), (0, 0, self.end, 0))
-    keys, values = write(self.keys[layer], k_BxTxKxD), write(self.values[layer], v_BxTxKxD)
+    write = lambda cache, new, axes, at: jax.lax.dynamic_update_slice(
+        cache, jnp.transpose(new, axes).astype(cache.dtype), at)
+    keys = write(self.keys[layer], k_BxTxKxD, (0, 2, 3, 1), (0, 0, 0, self.end))
+    values = write(self.values[layer], v_BxTxKxD, (0, 2, 1, 3), (0, 0, self.end, 0))
     t = q_BxTxHxD.shape[1]
     query_col_T = self.end + jnp.arange(t)
     causal_TxS = jnp.arange(self.capacity)[None, :] <= query_col_T[:, None]
@@ -80,7 +82,7 @@ class DenseKVCache:
 
   def live_bytes(self) -> jax.Array:
     """Bytes of keys and values held for valid tokens."""
-    per_token = sum(k.shape[1] * k.shape[3] * k.dtype.itemsize for k in self.keys) * 2
+    per_token = sum(k.size // k.shape[0] // self.capacity * k.dtype.itemsize for k in self.keys + self.values)
     return jnp.sum(self.valid_BxS) * per_token
 
 

@@ -29,6 +29,7 @@ def test_head_major_attention_matches_a_per_head_reference(t, with_bias):
   mask = rng.rand(b, t, s) > 0.3
   mask[..., 0] = True
   bias = rng.randn(b, k, t, s) if with_bias else np.zeros((b, k, t, s))
-  got = attention.head_major_attention(q.astype(np.float32), keys.astype(np.float32), values.astype(np.float32),
-                                       mask, bias.astype(np.float32) if with_bias else None)
+  keys_d_major = np.swapaxes(keys, 2, 3)  # the cache's key layout [B, K, D, S]
+  got = attention.head_major_attention(q.astype(np.float32), keys_d_major.astype(np.float32),
+                                       values.astype(np.float32), mask, bias.astype(np.float32) if with_bias else None)
   np.testing.assert_allclose(np.asarray(got), _reference(q, keys, values, mask, bias), atol=1e-5, rtol=1e-5)
