@@ -1,12 +1,12 @@
 """A linear layer whose weight is stored [out, in], as torch and Hugging Face store it, and the products it uses.
 
-Two choices serve decoding on CPU, where a step multiplies a few rows (one token per sequence) by every weight;
-each was measured with both programs compiled side by side in one process, on a 2-core CPU:
-- the weight goes on the left of the product, which needs it stored [out, in] (batch 8: about 1.15-1.2x decode
-  tokens/s against the rows-left product). One row keeps the rows-left product, which XLA runs as a faster
-  matrix-vector kernel.
-- layers that read the same input run as one product over their stacked weights (`apply_all`: q/k/v, gate/up;
-  +5-13% decode tokens/s at batch 8, +5-9% at batch 32). XLA stacks the weights once, outside the decode loop.
+Two choices serve decoding on CPU, where a step multiplies a few rows (one token per sequence) by every weight.
+Each was kept because it raised decode tokens/s with both programs compiled side by side in one process (the
+figures are in the commit messages; `benchmarks/generate.py` gives the end-to-end ratio):
+- the weight goes on the left of the product, which needs it stored [out, in]. One row keeps the rows-left
+  product, which XLA runs as a faster matrix-vector kernel.
+- layers that read the same input run as one product over their stacked weights (`apply_all`: q/k/v, gate/up).
+  XLA stacks the weights once, outside the decode loop.
 Large products (training, prefill), and every product on other backends, are left as they are.
 """
 
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-FEW_ROWS = 64  # decode-sized products: at most this many rows (weight-left measured faster at 8 and 32, equal at 64)
+FEW_ROWS = 64  # decode-sized products: at most this many rows (weight-left was faster at 8 and 32, equal at 64)
 
 
 def _decode_sized(rows: int) -> bool:
