@@ -13,7 +13,9 @@ class SamplingConfig:
   `completion_len` is the static capacity C: the width of the completion arrays and the cache room reserved
   after the prompt; the per-call `max_new_tokens` (<= C) is an array, so changing it does not recompile.
   `n` samples are drawn per prompt (rows i*n .. i*n+n-1 belong to prompt i). Generation of a row stops after any
-  of `stop_ids`; `pad_id` fills the completion after it.
+  of `stop_ids`; `pad_id` fills the completion after it. The decode runs as up to `decode_segments` loops (each
+  at least 32 steps) whose attention reads only the cache columns filled by the loop's end: fewer bytes per step,
+  one more compiled copy of the model step per loop; 1 gives a single loop over the whole cache.
   """
 
   completion_len: int
@@ -23,6 +25,7 @@ class SamplingConfig:
   n: int = 1
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
+  decode_segments: int = 4
 
   def __post_init__(self):
     object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))  # hashable, also from lists
@@ -40,6 +43,8 @@ class SamplingConfig:
       raise ValueError(f"SamplingConfig.stop_ids must be non-negative token ids, got {self.stop_ids!r}")
     if self.pad_id < 0:
       raise ValueError(f"SamplingConfig.pad_id must be >= 0, got {self.pad_id}")
+    if self.decode_segments < 1:
+      raise ValueError(f"SamplingConfig.decode_segments must be >= 1, got {self.decode_segments}")
     if self.greedy and (self.top_k or self.top_p < 1.0):
       raise ValueError("SamplingConfig: top_k/top_p have no effect with temperature 0 (greedy); leave them off")
 

@@ -2,7 +2,9 @@
 
 Letters: B prompts, N = B * n rows, P prompt length, C completion capacity, V vocab. The KV cache is built by a
 `cache_factory(model_cfg, batch_size, capacity)` (default: dense), so compressed caches plug in unchanged. Per
-step only the last position's logits are computed; the loop ends when every row has stopped.
+step only the last position's logits are computed; the loop ends when every row has stopped. The decode runs as
+up to `cfg.decode_segments` loops, each attending over the cache columns that can hold a token by its end, not
+the whole capacity (`KVCache.read_first`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from jaxpost.models import Decoder, DenseKVCache, KVCache, ModelConfig
 
 CacheFactory = Callable[[ModelConfig, int, int], KVCache]
 BATCH_AXES = ("data", "fsdp")
+MIN_SEGMENT_LEN = 32  # decode steps; shorter completions run as one loop
 
 
 def generate(model: Decoder, prompt_tokens: jax.Array, prompt_mask: jax.Array, *, cfg: SamplingConfig,
@@ -105,13 +108,13 @@ def _generate(graphdef, state, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg
 
   empty_cache = jax.tree.map(shard, cache_factory(model.cfg, n_rows, p + c))
 
-  def last_logits(tokens_NxT, positions_NxT, segment_ids_NxT, cache):
-    """Logits of the last position only; the cache keeps the structure it was created with, so that static
+  def last_logits(tokens_NxT, rotations, segment_ids_NxT, cache):
+    """Logits of the last position only; the cache keeps the structure it came in with, so that static
     per-step scratch fields (e.g. DenseKVCache.step_len) do not change the loop carry's type."""
-    hidden_NxTxD, cache = model.hidden_states(tokens_NxT, positions=positions_NxT, segment_ids=segment_ids_NxT,
-                                              cache=cache)
-    cache = jax.tree.unflatten(jax.tree.structure(empty_cache), jax.tree.leaves(cache))
-    return model.unembed(hidden_NxTxD[:, -1:])[:, 0], cache
+    hidden_NxTxD, new_cache = model.hidden_states(tokens_NxT, rotations=rotations, segment_ids=segment_ids_NxT,
+                                                  cache=cache)
+    new_cache = jax.tree.unflatten(jax.tree.structure(cache), jax.tree.leaves(new_cache))
+    return model.unembed(hidden_NxTxD[:, -1:])[:, 0], new_cache
 
   def record(s: _LoopState, logits_NxV, cache) -> _LoopState:
     """Chooses completion token `s.step` of every row and writes it where the row is still going."""
@@ -130,25 +133,36 @@ def _generate(graphdef, state, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg
         done_N=s.done_N | stop_N | (s.step + 1 >= limit_N),
         cache=cache)
 
+  # Step j feeds completion token j - 1, at position next_position + j - 1: all steps' rotations, computed once.
+  rotations_NxC = model.rotations(next_position_N[:, None] - 1 + jnp.arange(c))
+
   def decode_step(s: _LoopState) -> _LoopState:
     previous_N = jax.lax.dynamic_slice_in_dim(s.tokens_NxC, s.step - 1, 1, axis=1)
-    positions_Nx1 = (next_position_N + s.step - 1)[:, None]
-    logits_NxV, cache = last_logits(previous_N, positions_Nx1, (~s.done_N)[:, None].astype(jnp.int32), s.cache)
+    rotations_Nx1 = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, s.step, 1, axis=1), rotations_NxC)
+    logits_NxV, cache = last_logits(previous_N, rotations_Nx1, (~s.done_N)[:, None].astype(jnp.int32), s.cache)
     return record(s, logits_NxV, cache)
 
-  def keep_going(s: _LoopState) -> jax.Array:
-    return (s.step < c) & ~jnp.all(s.done_N)
-
   positions_NxP = jnp.maximum(jnp.cumsum(prompt_mask_NxP, axis=1) - 1, 0)
-  logits_NxV, cache = last_logits(prompt_NxP, positions_NxP, prompt_mask_NxP, empty_cache)
+  logits_NxV, cache = last_logits(prompt_NxP, model.rotations(positions_NxP), prompt_mask_NxP,
+                                  empty_cache.read_first(p))
   zeros_NxC = shard(jnp.zeros((n_rows, c), jnp.float32))
   start = _LoopState(step=jnp.zeros((), jnp.int32), tokens_NxC=zeros_NxC.astype(jnp.int32), logps_NxC=zeros_NxC,
                      sampling_logps_NxC=zeros_NxC, mask_NxC=zeros_NxC.astype(jnp.int32),
                      stopped_N=jnp.zeros((n_rows,), bool), done_N=limit_N <= 0, cache=cache)
-  last = jax.lax.while_loop(keep_going, decode_step, record(start, logits_NxV, cache))
+  last = record(start, logits_NxV, cache)
+  for stop in _segment_stops(c, cfg.decode_segments):  # steps before `stop` write columns below p + stop
+    keep_going = lambda s, stop=stop: (s.step < stop) & ~jnp.all(s.done_N)
+    last = jax.lax.while_loop(keep_going, decode_step, last.replace(cache=last.cache.read_first(p + stop)))
   return Rollout(prompt_tokens=prompt_NxP, prompt_mask=prompt_mask_NxP, completion_tokens=last.tokens_NxC,
                  completion_mask=last.mask_NxC, logps=last.logps_NxC, sampling_logps=last.sampling_logps_NxC,
                  lengths=jnp.sum(last.mask_NxC, axis=1), stopped=last.stopped_N, group_size=cfg.n)
+
+
+def _segment_stops(capacity: int, segments: int) -> list[int]:
+  """Where each decode loop stops: `segments` near-equal spans of the completion, each at least
+  MIN_SEGMENT_LEN steps long (a loop is one more compiled copy of the model step)."""
+  n = max(1, min(segments, capacity // MIN_SEGMENT_LEN))
+  return [-(-capacity * i // n) for i in range(1, n + 1)]
 
 
 def _row_keys(rng: jax.Array, b: int, n: int) -> jax.Array:

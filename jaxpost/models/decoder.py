@@ -14,7 +14,7 @@ from jaxpost.models.attention import grouped_attention, segment_causal_mask
 from jaxpost.models.config import ModelConfig
 from jaxpost.models.kv_cache import KVCache
 from jaxpost.models.linear import Linear, apply_all, project
-from jaxpost.models.rope import apply_rope, inverse_frequencies
+from jaxpost.models.rope import Rotary, apply_rope, inverse_frequencies, rotary
 
 _INIT = nnx.initializers.normal(stddev=0.02)
 
@@ -58,7 +58,7 @@ class Attention(nnx.Module):
       self.dms_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype)
       self.dms_proj = _linear(cfg, d, k, rngs, bias=True, init=nnx.initializers.zeros_init())
 
-  def project(self, x_BxTxD: jax.Array, positions_BxT: jax.Array):
+  def project(self, x_BxTxD: jax.Array, rot: Rotary):
     """Queries [B,T,H,Dh], keys and values [B,T,K,Dh], normed and rotated, and the DMS query neuron [B,T,K]
     (None unless that variant is on; it is read after q-norm and zeroed before and after RoPE)."""
     b, t, _ = x_BxTxD.shape
@@ -72,15 +72,14 @@ class Attention(nnx.Module):
     neuron_BxTxK = None
     if cfg.dms is not None and cfg.dms.variant == "query_neuron":
       neuron_BxTxK, q = dms.split_query_neuron(q, cfg.num_kv_heads)
-    inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    q = apply_rope(q, positions_BxT, inv_freq)
+    q = apply_rope(q, rot)
     if neuron_BxTxK is not None:
       q = dms.zero_query_neuron(q, cfg.num_kv_heads)
-    return q, apply_rope(k, positions_BxT, inv_freq), v, neuron_BxTxK
+    return q, apply_rope(k, rot), v, neuron_BxTxK
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxT, *, layer: int = 0, cache: KVCache | None = None,
+  def __call__(self, x_BxTxD, rot: Rotary, mask_BxTxT, *, layer: int = 0, cache: KVCache | None = None,
                residual_BxTxD=None):
-    q, k, v, neuron_BxTxK = self.project(x_BxTxD, positions_BxT)
+    q, k, v, neuron_BxTxK = self.project(x_BxTxD, rot)
     if cache is None:
       out = grouped_attention(q, k, v, mask_BxTxT)
     else:
@@ -116,8 +115,8 @@ class Block(nnx.Module):
     self.mlp_norm = norm()
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, mask, *, layer: int = 0, cache: KVCache | None = None):
-    attn_out, cache = self.attn(self.attn_norm(x), positions, mask, layer=layer, cache=cache, residual_BxTxD=x)
+  def __call__(self, x, rot: Rotary, mask, *, layer: int = 0, cache: KVCache | None = None):
+    attn_out, cache = self.attn(self.attn_norm(x), rot, mask, layer=layer, cache=cache, residual_BxTxD=x)
     x = x + attn_out
     return x + self.mlp(self.mlp_norm(x)), cache
 
@@ -144,13 +143,23 @@ class Decoder(nnx.Module):
     logits = self.unembed(hidden)
     return logits if cache is None else (logits, cache)
 
-  def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None):
-    """Final-normed hidden states [B, T, D] (and the updated cache, or None)."""
+  def hidden_states(self, tokens_BxT, *, positions=None, rotations: Rotary | None = None, segment_ids=None,
+                    cache=None):
+    """Final-normed hidden states [B, T, D] (and the updated cache, or None).
+
+    `rotations`: those of the positions (`self.rotations(positions)`), for a caller that has them already, as the
+    sampler does: it computes a whole decode's once, where XLA would evaluate cos and sin inside every layer's
+    fused kernels at every step.
+    """
     b, t = tokens_BxT.shape
     if segment_ids is None:
       segment_ids = jnp.ones((b, t), jnp.int32)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if rotations is None:
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+      rotations = self.rotations(positions)
+    elif positions is not None:
+      raise ValueError("Decoder.hidden_states: pass positions or their rotations, not both")
     mask = None
     if cache is None:
       mask = segment_causal_mask(segment_ids)
@@ -158,10 +167,15 @@ class Decoder(nnx.Module):
       cache = cache.begin_step(segment_ids != 0)
     x = self.embed(tokens_BxT)
     for i, block in enumerate(self.layers):
-      x, cache = block(x, positions, mask, layer=i, cache=cache)
+      x, cache = block(x, rotations, mask, layer=i, cache=cache)
     if cache is not None:
       cache = cache.end_step()
     return self.final_norm(x), cache
+
+  def rotations(self, positions_BxT: jax.Array) -> Rotary:
+    """The RoPE rotations of `positions` [B, T], as every layer applies them."""
+    cfg = self.cfg
+    return rotary(positions_BxT, inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
 
   def unembed(self, hidden_BxTxD: jax.Array) -> jax.Array:
     """Logits [B, T, V] in float32."""

@@ -100,6 +100,9 @@ class DMSKVCache:
     seen_B = self.seen_B + jnp.sum(self.step_valid_BxT, axis=1, dtype=jnp.int32)
     return self.replace(seen_B=seen_B, step_valid_BxT=jnp.zeros((self.seen_B.shape[0], 1), bool))
 
+  def read_first(self, columns: int) -> "DMSKVCache":
+    return self  # slots are not in token order
+
   def live_tokens(self) -> jax.Array:
     """[L, B, K] int32: tokens held per (layer, sequence, KV head)."""
     return jnp.stack([layer.n_live for layer in self.layers])

@@ -30,6 +30,11 @@ class KVCache(Protocol):
   def end_step(self) -> "KVCache":
     """Moves past the tokens registered by `begin_step`."""
 
+  def read_first(self, columns: int) -> "KVCache":
+    """This cache attending over its first `columns` columns only (static), for a caller that knows the later
+    ones are empty and stay so until its next call, like the sampler's decode segments. A cache may return itself
+    (the compressed ones, whose slots are not in token order, do)."""
+
 
 @flax.struct.dataclass
 class DenseKVCache:
@@ -38,7 +43,8 @@ class DenseKVCache:
   Prompts may be left-padded; padding columns are never attended to. Capacity must cover prompt plus
   generated tokens (writes past the end would be clamped by XLA, so `begin_step` callers size it right).
   Keys and values are stored head-major (the layouts `head_major_attention` reads), so each decode step reads them
-  without a transpose.
+  without a transpose. They hold the first S <= capacity columns (all of them unless `read_first` says fewer),
+  and attention reads what is held: the sampler grows S as columns fill, so early steps read less.
   """
 
   keys: tuple[jax.Array, ...]  # per layer [B, K, D, S]
@@ -69,10 +75,10 @@ class DenseKVCache:
         cache, jnp.transpose(new, axes).astype(cache.dtype), at)
     keys = write(self.keys[layer], k_BxTxKxD, (0, 2, 3, 1), (0, 0, 0, self.end))
     values = write(self.values[layer], v_BxTxKxD, (0, 2, 1, 3), (0, 0, self.end, 0))
-    t = q_BxTxHxD.shape[1]
+    t, s = q_BxTxHxD.shape[1], keys.shape[3]
     query_col_T = self.end + jnp.arange(t)
-    causal_TxS = jnp.arange(self.capacity)[None, :] <= query_col_T[:, None]
-    mask_BxTxS = causal_TxS[None] & self.valid_BxS[:, None, :]
+    causal_TxS = jnp.arange(s)[None, :] <= query_col_T[:, None]
+    mask_BxTxS = causal_TxS[None] & self.valid_BxS[:, None, :s]
     out = head_major_attention(q_BxTxHxD, keys, values, mask_BxTxS)
     new = self.replace(keys=_set(self.keys, layer, keys), values=_set(self.values, layer, values))
     return out, new
@@ -80,10 +86,23 @@ class DenseKVCache:
   def end_step(self) -> "DenseKVCache":
     return self.replace(end=self.end + self.step_len, step_len=0)  # same static structure after every step
 
+  def read_first(self, columns: int) -> "DenseKVCache":
+    """Holds the first `columns` columns (at most capacity): cut, or padded with empty ones."""
+    resize = lambda x, axis: _resize(x, axis, min(columns, self.capacity))
+    return self.replace(keys=tuple(resize(k, 3) for k in self.keys), values=tuple(resize(v, 2) for v in self.values))
+
   def live_bytes(self) -> jax.Array:
     """Bytes of keys and values held for valid tokens."""
-    per_token = sum(k.size // k.shape[0] // self.capacity * k.dtype.itemsize for k in self.keys + self.values)
+    per_token = 2 * sum(k.shape[1] * k.shape[2] * k.dtype.itemsize for k in self.keys)  # K * D, keys and values
     return jnp.sum(self.valid_BxS) * per_token
+
+
+def _resize(x: jax.Array, axis: int, size: int) -> jax.Array:
+  if x.shape[axis] >= size:
+    return jax.lax.slice_in_dim(x, 0, size, axis=axis)
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad)
 
 
 def _set(items: tuple, index: int, value) -> tuple:

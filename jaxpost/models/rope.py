@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,12 +28,22 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None
   return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x_BxTxNxD: jnp.ndarray, positions_BxT: jnp.ndarray, inv_freq: np.ndarray) -> jnp.ndarray:
-  """Rotates the first and second halves of each head as (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+class Rotary(NamedTuple):
+  """cos and sin of every position's rotation angles, [B, T, 1, head_dim // 2] each (the 1 broadcasts over heads)."""
+
+  cos: jax.Array
+  sin: jax.Array
+
+
+def rotary(positions_BxT: jax.Array, inv_freq: np.ndarray) -> Rotary:
+  """The rotations of `positions`: the cos and sin of their angles."""
   angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
-  cos = jnp.cos(angles_BxTxF)[:, :, None, :]
-  sin = jnp.sin(angles_BxTxF)[:, :, None, :]
+  return Rotary(cos=jnp.cos(angles_BxTxF)[:, :, None, :], sin=jnp.sin(angles_BxTxF)[:, :, None, :])
+
+
+def apply_rope(x_BxTxNxD: jax.Array, rot: Rotary) -> jax.Array:
+  """Rotates the first and second halves of each head as (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
   x = x_BxTxNxD.astype(jnp.float32)
   x1, x2 = jnp.split(x, 2, axis=-1)
-  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  rotated = jnp.concatenate([x1 * rot.cos - x2 * rot.sin, x2 * rot.cos + x1 * rot.sin], axis=-1)
   return rotated.astype(x_BxTxNxD.dtype)

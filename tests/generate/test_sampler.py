@@ -1,13 +1,16 @@
 """The sampler end to end: greedy parity with `transformers`, exact log-probs, stopping, keys and compilations."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 import tokenizers
 import torch
+from flax import nnx
 
 import jaxpost.models as jm
-from jaxpost.generate import SamplingConfig, decode_completions, generate, left_pad
+from jaxpost.generate import SamplingConfig, decode_completions, generate, left_pad, sampler
 from tests.generate.helpers import log_softmax, reference_probs, teacher_forced_logits, tiny_model
 from tests.models.hf_reference import build_hf_model
 
@@ -134,6 +137,46 @@ def test_one_compilation_per_shape_and_max_new_tokens_is_an_array(sampled):
   generate(model, tokens[:2], mask[:2], cfg=SAMPLE_CFG, rng=jax.random.key(0))  # a new shape: one compilation
   generate(model, tokens[1:], mask[1:], cfg=SAMPLE_CFG, rng=jax.random.key(3))
   assert _EVENTS[start:].count(_COMPILE) == 1
+
+
+def test_decode_segments_read_a_growing_cache_and_change_nothing(sampled):
+  """Three decode loops (each reading only the cache columns filled by its end) against one loop over all of them:
+  the same draws and log-probs, with rows stopping in different loops."""
+  model, _ = sampled
+  tokens, mask = left_pad(SMALL_PROMPTS)
+  limits = np.array([96, 40, 70])
+  run = lambda segments: generate(model, tokens, mask, rng=jax.random.key(5), max_new_tokens=limits,
+                                  cfg=dataclasses.replace(LONG_CFG, decode_segments=segments))
+  one, three = run(1), run(3)
+  lengths = np.asarray(three.lengths)
+  assert lengths.max() > 64 and lengths.min() < 32  # some rows end in the first loop, some run into the last
+  for field in ("completion_tokens", "completion_mask", "lengths", "stopped"):
+    np.testing.assert_array_equal(np.asarray(getattr(three, field)), np.asarray(getattr(one, field)))
+  np.testing.assert_allclose(np.asarray(three.logps), np.asarray(one.logps), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(three.sampling_logps), np.asarray(one.sampling_logps), atol=1e-6)
+  assert _key_columns_per_loop(model, tokens, mask, LONG_CFG) == [{6 + 32}, {6 + 64}, {6 + 96}]  # prompt width 6
+  assert _key_columns_per_loop(model, tokens, mask, dataclasses.replace(LONG_CFG, decode_segments=1)) == [{6 + 96}]
+
+
+LONG_CFG = SamplingConfig(completion_len=96, temperature=0.8, n=3, stop_ids=(4,), decode_segments=3)
+
+
+def _key_columns_per_loop(model, tokens, mask, cfg):
+  """Cache columns each decode loop of the traced sampler holds (its keys are [N, K, D, S] arrays)."""
+  graphdef, state = nnx.split(model)
+  trace = lambda state: sampler._generate.__wrapped__(
+      graphdef, state, tokens, mask, jax.random.key(0), np.full(3, cfg.completion_len, np.int32), cfg=cfg,
+      cache_factory=jm.DenseKVCache.create, mesh=None)
+  key_shape = (3 * cfg.n, model.cfg.num_kv_heads, model.cfg.head_dim)
+  loops = [e for e in jax.make_jaxpr(trace)(state).eqns if e.primitive.name == "while"]
+  return [{a.shape[3] for a in loop.params["body_jaxpr"].in_avals if a.shape[:3] == key_shape} for loop in loops]
+
+
+def test_segment_stops_split_the_completion_into_loops_of_at_least_32_steps():
+  assert sampler._segment_stops(128, 4) == [32, 64, 96, 128]
+  assert sampler._segment_stops(100, 4) == [34, 67, 100]  # 100 // 32 = 3 loops at most
+  assert sampler._segment_stops(63, 4) == [63]
+  assert sampler._segment_stops(128, 1) == [128]
 
 
 def test_decode_completions_with_a_tokenizer(sampled):

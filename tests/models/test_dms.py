@@ -10,7 +10,7 @@ from flax import nnx
 import jaxpost.models as jm
 from jaxpost.models import dms
 from jaxpost.models.attention import grouped_attention, segment_causal_mask
-from jaxpost.models.rope import apply_rope, inverse_frequencies
+from jaxpost.models.rope import apply_rope, inverse_frequencies, rotary
 
 
 def _cfg(variant="query_neuron", window=3, **overrides):
@@ -79,13 +79,14 @@ def test_query_neuron_reads_first_head_of_each_group_after_qnorm_and_is_zeroed_a
   attn = model.layers[0].attn
   x = jax.random.normal(jax.random.key(1), (1, 5, cfg.hidden_size))
   positions = jnp.arange(5)[None]
-  q, _, _, neuron = attn.project(x, positions)
+  q, _, _, neuron = attn.project(x, model.rotations(positions))
   raw = attn.q_norm(attn.q_proj(x).reshape(1, 5, 4, 12))  # heads 0 and 2 open the two groups of 2
   np.testing.assert_allclose(np.asarray(neuron), np.asarray(raw[:, :, [0, 2], -1]), rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(q[:, :, [0, 2], -1]), 0.0)
   assert np.all(np.asarray(q[:, 1:, [1, 3], -1]) != 0)  # other heads untouched
   zeroed = raw.at[:, :, [0, 2], -1].set(0)
-  want = apply_rope(zeroed, positions, inverse_frequencies(12, cfg.rope_theta)).at[:, :, [0, 2], -1].set(0)
+  rot = rotary(positions, inverse_frequencies(12, cfg.rope_theta))
+  want = apply_rope(zeroed, rot).at[:, :, [0, 2], -1].set(0)
   np.testing.assert_allclose(np.asarray(q), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
@@ -125,7 +126,8 @@ def test_forward_returns_each_layers_decisions():
   assert logits.shape == (2, 7, 61)
   assert decisions.shape == (2, 2, 7, 2)
   x = model.embed(tokens)  # recompute layer 0's decisions by hand: a = 100 * neuron - 5 > 0
-  _, _, _, neuron = model.layers[0].attn.project(model.layers[0].attn_norm(x), jnp.arange(7)[None])
+  rot = model.rotations(jnp.arange(7)[None])
+  _, _, _, neuron = model.layers[0].attn.project(model.layers[0].attn_norm(x), rot)
   np.testing.assert_array_equal(np.asarray(decisions[0]), np.asarray(100 * neuron - 5 > 0, np.float32))
   np.testing.assert_array_equal(np.asarray(dms.forward(model, tokens, mode="hard")[1][0]), np.asarray(decisions[0]))
   assert 0 < float(jnp.mean(decisions)) < 1

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import jaxpost.models as jm
@@ -14,10 +15,11 @@ def _model(**overrides):
   return jm.Decoder(cfg, rngs=nnx.Rngs(0))
 
 
-def _decode_all(model, prompt, prompt_mask, continuation):
-  """Prefill the (left-padded) prompt, then feed `continuation` one token at a time; logits of every step."""
+def _decode_all(model, prompt, prompt_mask, continuation, *, hold=lambda cache, columns: cache):
+  """Prefill the (left-padded) prompt, then feed `continuation` one token at a time; logits of every step.
+  `hold(cache, columns)` runs before each step, with the columns filled once the step is done."""
   b, p = prompt.shape
-  cache = jm.DenseKVCache.create(model.cfg, b, p + continuation.shape[1])
+  cache = hold(jm.DenseKVCache.create(model.cfg, b, p + continuation.shape[1]), p)
   positions = np.maximum(np.cumsum(prompt_mask, axis=1) - 1, 0)
   step = nnx.jit(lambda m, t, pos, seg, c: m(t, positions=pos, segment_ids=seg, cache=c))
   logits, cache = step(model, prompt, positions, prompt_mask, cache)
@@ -25,7 +27,7 @@ def _decode_all(model, prompt, prompt_mask, continuation):
   next_pos = prompt_mask.sum(1)
   for i in range(continuation.shape[1]):
     logits, cache = step(model, continuation[:, i:i + 1], (next_pos + i)[:, None], np.ones((b, 1), np.int32),
-                         cache)
+                         hold(cache, p + i + 1))
     outs.append(logits)
   return jnp.concatenate(outs, axis=1), cache
 
@@ -46,6 +48,25 @@ def test_decoding_32_tokens_matches_full_forward_with_left_padding():
     np.testing.assert_allclose(np.asarray(cached)[row, p - length:], full, atol=1e-5, rtol=0)
 
 
+def test_holding_only_the_columns_filled_so_far_changes_no_logit():
+  """`read_first` as the sampler uses it: the prompt's columns for the prefill, then room grown 3 columns at a time."""
+  model = _model()
+  prompt_mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], np.int32)
+  prompt, continuation = np.random.RandomState(2).randint(1, 61, (2, 5)) * prompt_mask, np.full((2, 7), 3)
+  held = []
+  def grow(cache, columns):
+    cache = cache.read_first(-(-columns // 3) * 3 if columns > 5 else columns)
+    held.append(cache.keys[0].shape[3])
+    return cache
+  full, _ = _decode_all(model, prompt, prompt_mask, continuation)
+  grown, cache = _decode_all(model, prompt, prompt_mask, continuation, hold=grow)
+  assert held == [5, 6, 9, 9, 9, 12, 12, 12] and cache.capacity == 12
+  assert cache.values[1].shape == (2, model.cfg.num_kv_heads, 12, model.cfg.head_dim)
+  real = np.concatenate([prompt_mask, np.ones((2, 7), np.int32)], axis=1).astype(bool)  # padding sees nothing
+  np.testing.assert_allclose(np.asarray(grown)[real], np.asarray(full)[real], atol=1e-6, rtol=0)
+  assert int(cache.live_bytes()) == int(_decode_all(model, prompt, prompt_mask, continuation)[1].live_bytes())
+
+
 def test_cache_counts_live_bytes_of_valid_tokens_only():
   model = _model()
   prompt_mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]], np.int32)
@@ -63,3 +84,16 @@ def test_bfloat16_compute_stays_close_to_float32():
   assert got.dtype == np.float32
   assert np.abs(got - f32).max() < 0.05 * np.abs(f32).max()
   assert np.abs(got - f32).max() > 0  # bfloat16 really was used
+
+
+def test_precomputed_rotations_stand_in_for_positions():
+  """What the sampler does (rotations for a whole decode computed once) gives the same hidden states."""
+  model = _model()
+  tokens = np.random.RandomState(3).randint(0, 61, (2, 6))
+  positions = np.array([[0, 1, 2, 3, 4, 5], [7, 8, 9, 3, 2, 1]])
+  want, _ = model.hidden_states(tokens, positions=positions)
+  got, _ = model.hidden_states(tokens, rotations=model.rotations(positions))
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert np.abs(np.asarray(want) - np.asarray(model.hidden_states(tokens)[0])).max() > 1e-3  # positions matter
+  with pytest.raises(ValueError, match="not both"):
+    model.hidden_states(tokens, positions=positions, rotations=model.rotations(positions))

@@ -125,6 +125,9 @@ class EvictionKVCache:
     seen_B = self.seen_B + jnp.sum(self.step_valid_BxT, axis=1, dtype=jnp.int32)
     return self.replace(seen_B=seen_B, step_valid_BxT=jnp.zeros((self.seen_B.shape[0], 1), bool))
 
+  def read_first(self, columns: int) -> "EvictionKVCache":
+    return self  # slots are not in token order
+
   def kept_tokens(self, layer: int) -> jax.Array:
     """[B, S, K] int32: the token index held in each slot of `layer`, -1 for an empty slot."""
     return self.layers[layer].token

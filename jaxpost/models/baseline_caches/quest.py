@@ -122,6 +122,9 @@ class QuestKVCache:
     return self.replace(end=self.end + t, decode_steps_B=decode_steps_B,
                         step_valid_BxT=jnp.zeros((self.valid_BxN.shape[0], 1), bool))
 
+  def read_first(self, columns: int) -> "QuestKVCache":
+    return self  # its page bounds and selection span the whole capacity
+
   def _set(self, layer: int, state: QuestLayer) -> "QuestKVCache":
     return self.replace(layers=self.layers[:layer] + (state,) + self.layers[layer + 1:])
 
