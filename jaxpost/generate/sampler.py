@@ -111,10 +111,10 @@ def _generate(graphdef, state, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg
   def last_logits(tokens_NxT, rotations, segment_ids_NxT, cache):
     """Logits of the last position only; the cache keeps the structure it came in with, so that static
     per-step scratch fields (e.g. DenseKVCache.step_len) do not change the loop carry's type."""
-    hidden_NxTxD, new_cache = model.hidden_states(tokens_NxT, rotations=rotations, segment_ids=segment_ids_NxT,
-                                                  cache=cache)
+    hidden_Nx1xD, new_cache = model.hidden_states(tokens_NxT, rotations=rotations, segment_ids=segment_ids_NxT,
+                                                  cache=cache, last_only=True)
     new_cache = jax.tree.unflatten(jax.tree.structure(cache), jax.tree.leaves(new_cache))
-    return model.unembed(hidden_NxTxD[:, -1:])[:, 0], new_cache
+    return model.unembed(hidden_Nx1xD)[:, 0], new_cache
 
   def record(s: _LoopState, logits_NxV, cache) -> _LoopState:
     """Chooses completion token `s.step` of every row and writes it where the row is still going."""

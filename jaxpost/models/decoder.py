@@ -78,7 +78,9 @@ class Attention(nnx.Module):
     return q, apply_rope(k, rot), v, neuron_BxTxK
 
   def __call__(self, x_BxTxD, rot: Rotary, mask_BxTxT, *, layer: int = 0, cache: KVCache | None = None,
-               residual_BxTxD=None):
+               residual_BxTxD=None, last_only: bool = False):
+    """Output [B, T, D], or [B, 1, D] for the last position only with `last_only` (keys and values of every
+    position still reach the cache), and the updated cache."""
     q, k, v, neuron_BxTxK = self.project(x_BxTxD, rot)
     if cache is None:
       out = grouped_attention(q, k, v, mask_BxTxT)
@@ -88,6 +90,8 @@ class Attention(nnx.Module):
         x_BxTxK = neuron_BxTxK if neuron_BxTxK is not None else self.dms_proj(self.dms_norm(residual_BxTxD))
         logits_BxTxK = dms.decision_logits(x_BxTxK, self.cfg.dms)
       out, cache = cache.attend(layer, q, k, v, logits_BxTxK)
+    if last_only:
+      out = out[:, -1:]
     b, t = out.shape[:2]
     return self.o_proj(out.reshape(b, t, -1)), cache
 
@@ -115,9 +119,12 @@ class Block(nnx.Module):
     self.mlp_norm = norm()
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, rot: Rotary, mask, *, layer: int = 0, cache: KVCache | None = None):
-    attn_out, cache = self.attn(self.attn_norm(x), rot, mask, layer=layer, cache=cache, residual_BxTxD=x)
-    x = x + attn_out
+  def __call__(self, x, rot: Rotary, mask, *, layer: int = 0, cache: KVCache | None = None,
+               last_only: bool = False):
+    """`last_only`: compute the output of the last position only (the attention still reads every position)."""
+    attn_out, cache = self.attn(self.attn_norm(x), rot, mask, layer=layer, cache=cache, residual_BxTxD=x,
+                                last_only=last_only)
+    x = (x[:, -1:] if last_only else x) + attn_out
     return x + self.mlp(self.mlp_norm(x)), cache
 
 
@@ -144,8 +151,11 @@ class Decoder(nnx.Module):
     return logits if cache is None else (logits, cache)
 
   def hidden_states(self, tokens_BxT, *, positions=None, rotations: Rotary | None = None, segment_ids=None,
-                    cache=None):
+                    cache=None, last_only: bool = False):
     """Final-normed hidden states [B, T, D] (and the updated cache, or None).
+
+    `last_only`: those of the last position only, [B, 1, D], as a sampler needs after a prefill; the last layer
+    then runs its output projection and MLP on that position alone, most of that layer's work on a prompt.
 
     `rotations`: those of the positions (`self.rotations(positions)`), for a caller that has them already, as the
     sampler does: it computes a whole decode's once, where XLA would evaluate cos and sin inside every layer's
@@ -167,7 +177,7 @@ class Decoder(nnx.Module):
       cache = cache.begin_step(segment_ids != 0)
     x = self.embed(tokens_BxT)
     for i, block in enumerate(self.layers):
-      x, cache = block(x, rotations, mask, layer=i, cache=cache)
+      x, cache = block(x, rotations, mask, layer=i, cache=cache, last_only=last_only and i == len(self.layers) - 1)
     if cache is not None:
       cache = cache.end_step()
     return self.final_norm(x), cache

@@ -97,3 +97,18 @@ def test_precomputed_rotations_stand_in_for_positions():
   assert np.abs(np.asarray(want) - np.asarray(model.hidden_states(tokens)[0])).max() > 1e-3  # positions matter
   with pytest.raises(ValueError, match="not both"):
     model.hidden_states(tokens, positions=positions, rotations=model.rotations(positions))
+
+
+def test_last_only_gives_the_last_position_and_the_same_cache():
+  model = _model()
+  tokens, mask = np.random.RandomState(4).randint(1, 61, (2, 7)), np.array([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+  run = lambda last_only: model.hidden_states(tokens, positions=positions, segment_ids=mask, last_only=last_only,
+                                              cache=jm.DenseKVCache.create(model.cfg, 2, 9))
+  (full, full_cache), (last, last_cache) = run(False), run(True)
+  assert last.shape == (2, 1, model.cfg.hidden_size)
+  np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, -1:]), atol=1e-6, rtol=0)
+  for got, want in zip(jax.tree.leaves(last_cache), jax.tree.leaves(full_cache)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  no_cache = model.hidden_states(tokens, positions=positions, segment_ids=mask, last_only=True)[0]
+  np.testing.assert_allclose(np.asarray(no_cache), np.asarray(full[:, -1:]), atol=1e-6, rtol=0)
