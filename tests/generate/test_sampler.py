@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tokenizers
 import torch
-from flax import nnx
 
 import jaxpost.models as jm
 from jaxpost.generate import SamplingConfig, decode_completions, generate, left_pad, sampler
@@ -163,12 +162,11 @@ LONG_CFG = SamplingConfig(completion_len=96, temperature=0.8, n=3, stop_ids=(4,)
 
 def _key_columns_per_loop(model, tokens, mask, cfg):
   """Cache columns each decode loop of the traced sampler holds (its keys are [N, K, D, S] arrays)."""
-  graphdef, state = nnx.split(model)
-  trace = lambda state: sampler._generate.__wrapped__(
-      graphdef, state, tokens, mask, jax.random.key(0), np.full(3, cfg.completion_len, np.int32), cfg=cfg,
+  trace = lambda model: sampler._generate.__wrapped__(
+      model, tokens, mask, jax.random.key(0), np.full(3, cfg.completion_len, np.int32), cfg=cfg,
       cache_factory=jm.DenseKVCache.create, mesh=None)
   key_shape = (3 * cfg.n, model.cfg.num_kv_heads, model.cfg.head_dim)
-  loops = [e for e in jax.make_jaxpr(trace)(state).eqns if e.primitive.name == "while"]
+  loops = [e for e in jax.make_jaxpr(trace)(model).eqns if e.primitive.name == "while"]
   return [{a.shape[3] for a in loop.params["body_jaxpr"].in_avals if a.shape[:3] == key_shape} for loop in loops]
 
 
