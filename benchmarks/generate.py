@@ -3,8 +3,9 @@
 Workload (../shared/BENCHMARKS.md): the "bench" preset (Qwen3, 4.2M params, float32, random weights seed 0),
 prompt 64 tokens, 128 new tokens, greedy, no early stop. tokens/s = batch * new tokens / wall time of the whole
 call (prefill included, both sides). Prints the median of --reps timed calls after one warm-up, with min and max;
-the calls of the contenders alternate. transformers is timed at 1 and 2 torch threads (on a loaded 2-core machine
-one thread is often much faster) and the ratio is taken against its faster setting.
+the calls of the contenders alternate, and the ratio is the median over rounds of the two calls' time ratio, so a
+load change on the shared machine between rounds cancels out. transformers is timed at 1 and 2 torch threads (on a
+loaded 2-core machine one thread is often much faster) and the ratio is taken against its faster setting.
 
   python -m benchmarks.generate [--batches 1 8 32] [--reps 5]
 """
@@ -89,7 +90,8 @@ def main() -> None:
     best_peer = max((name for name in rates if name != "jaxpost"), key=lambda name: rates[name][0])
     same = float(np.mean(np.asarray(outputs["jaxpost"]) == outputs[best_peer]))
     print(f"batch {batch:3d}: " + " | ".join(f"{name} {text}" for name, (_, text) in rates.items()))
-    print(f"           ratio jaxpost / {best_peer}: {rates['jaxpost'][0] / rates[best_peer][0]:.2f}x, "
+    ratio = statistics.median(peer / ours for peer, ours in zip(times[best_peer], times["jaxpost"]))
+    print(f"           ratio jaxpost / {best_peer}: {ratio:.2f}x (median of the rounds' ratios), "
           f"identical tokens {same:.1%}", flush=True)
 
 
