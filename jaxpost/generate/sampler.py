@@ -131,11 +131,11 @@ def _generate(model: Decoder, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg:
         done_N=s.done_N | stop_N | (s.step + 1 >= limit_N),
         cache=cache)
 
-  # RoPE rotations computed ahead: left to the layers, XLA evaluates cos and sin inside their fused kernels, for
-  # every head (and at every step). Step j feeds completion token j - 1, at position next_position + j - 1; the
-  # prompt gathers the rows of its positions from a table.
-  rotations_NxC = model.rotations(next_position_N[:, None] - 1 + jnp.arange(c))
-  by_position = model.rotations(jnp.arange(p)[None])
+  # RoPE rotations of every position this call reaches, computed once (left to the layers, XLA evaluates cos and
+  # sin inside their fused kernels, for every head and at every step), and gathered per row before the loop.
+  by_position = model.rotations(jnp.arange(p + c)[None])
+  rotations_at = lambda positions_NxT: jax.tree.map(lambda table: table[0, positions_NxT], by_position)
+  rotations_NxC = rotations_at(next_position_N[:, None] - 1 + jnp.arange(c))  # step j feeds token j - 1
 
   def decode_step(s: _LoopState) -> _LoopState:
     previous_N = jax.lax.dynamic_slice_in_dim(s.tokens_NxC, s.step - 1, 1, axis=1)
@@ -144,8 +144,7 @@ def _generate(model: Decoder, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg:
     return record(s, logits_NxV, cache)
 
   positions_NxP = jnp.maximum(jnp.cumsum(prompt_mask_NxP, axis=1) - 1, 0)
-  prompt_rotations = jax.tree.map(lambda table: table[0, positions_NxP], by_position)
-  logits_NxV, cache = last_logits(prompt_NxP, prompt_rotations, prompt_mask_NxP, empty_cache.read_first(p))
+  logits_NxV, cache = last_logits(prompt_NxP, rotations_at(positions_NxP), prompt_mask_NxP, empty_cache.read_first(p))
   zeros_NxC = shard(jnp.zeros((n_rows, c), jnp.float32))
   start = _LoopState(step=jnp.zeros((), jnp.int32), tokens_NxC=zeros_NxC.astype(jnp.int32), logps_NxC=zeros_NxC,
                      sampling_logps_NxC=zeros_NxC, mask_NxC=zeros_NxC.astype(jnp.int32),
