@@ -1,11 +1,73 @@
-"""Grouped-query attention math shared by the full forward and every KV cache."""
+"""Grouped-query attention math shared by the full forward and every KV cache, and the full-sequence entry point
+`sequence_attention`, which picks a kernel: this einsum (the reference), blockwise, splash (TPU) or cuDNN (GPU).
+
+Letters: B batch, T queries, S keys, H query heads, K KV heads, G = H / K, D head dim.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from jaxpost.models.flash_attention import blockwise_attention
+from jaxpost.models.platform_attention import cudnn_attention, splash_attention
+
 _MASKED = -1e30  # finite, so a query that sees no key (padding) gives a uniform row, not NaN
+ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "blockwise", "splash", "cudnn")
+
+
+def sequence_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,
+                       segment_ids_BxT: jax.Array | None, *, key_bias_BxTxK: jax.Array | None = None,
+                       bias_window: int = 0, implementation: str = "auto", block_size: int = 512,
+                       mesh: jax.sharding.Mesh | None = None) -> jax.Array:
+  """[B, T, H, D]: attention over whole sequences (training, evaluation), causal within the segments of
+  `segment_ids_BxT` (0 = padding; None = one segment per row), through the kernel `implementation` names.
+
+  `key_bias_BxTxK[b, s, k]` is added to the scores of key s for every query more than `bias_window` tokens after
+  it (the O(T) form of the DMS eviction bias). `block_size` is the blockwise and splash block; `mesh` is where
+  splash runs (see `splash_attention`). Every kernel computes what "reference" does, with float32 scores
+  and softmax, up to rounding.
+  """
+  has_bias = key_bias_BxTxK is not None
+  name = resolve_attention(implementation, seq_len=q_BxTxHxD.shape[1], block_size=block_size, has_bias=has_bias,
+                           platform=jax.default_backend())
+  if has_bias and name in ("splash", "cudnn"):
+    raise ValueError(f"sequence_attention: {name!r} takes no key_bias; use 'blockwise' (or 'reference')")
+  if name == "cudnn":
+    return cudnn_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT)
+  if segment_ids_BxT is None:
+    segment_ids_BxT = jnp.ones(q_BxTxHxD.shape[:2], jnp.int32)
+  if name == "reference":
+    bias_BxKxTxS = None if not has_bias else dense_key_bias(key_bias_BxTxK, bias_window)
+    return grouped_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_causal_mask(segment_ids_BxT), bias_BxKxTxS)
+  if name == "blockwise":
+    return blockwise_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, key_bias_BxTxK,
+                               bias_window=bias_window, block_size=block_size)
+  return splash_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, block_size=block_size, mesh=mesh)
+
+
+def resolve_attention(implementation: str, *, seq_len: int, block_size: int, has_bias: bool, platform: str) -> str:
+  """The kernel "auto" stands for (any other valid name is itself): on TPU splash, or blockwise when there is a
+  key bias (splash takes none); on GPU blockwise (cuDNN has no segment masks); on CPU the reference up to one
+  block, where it is exact and fastest, blockwise beyond."""
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation {implementation!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
+  if implementation != "auto":
+    return implementation
+  if platform == "tpu":
+    return "blockwise" if has_bias else "splash"
+  if platform == "gpu":
+    return "blockwise"
+  return "reference" if seq_len <= block_size else "blockwise"
+
+
+def dense_key_bias(key_bias_BxTxK: jax.Array, window: int) -> jax.Array:
+  """[B, K, T, S] bias of `grouped_attention` from the per-key form: key s's bias for queries more than `window`
+  tokens after it, 0 elsewhere (O(T^2): the reference only)."""
+  t = key_bias_BxTxK.shape[1]
+  index = jnp.arange(t)
+  far_TxS = index[:, None] - index[None, :] > window
+  return jnp.where(far_TxS, jnp.swapaxes(key_bias_BxTxK, 1, 2)[:, :, None, :], 0.0)
 
 
 def grouped_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,

@@ -7,9 +7,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jaxpost.models.attention import ATTENTION_IMPLEMENTATIONS
 from jaxpost.models.dms import DMSConfig
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3")
+REMAT_POLICIES = ("auto", "none", "full", "save_dots")
+EXECUTION_FIELDS = ("remat", "attention", "attention_block", "logits_chunk")  # how it runs, not what it computes
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -30,6 +33,14 @@ class ModelConfig:
   `qkv_bias` is Qwen2's attention bias, `qk_norm` Qwen3's per-head RMSNorm on queries and keys.
   `param_dtype` is what weights are stored in, `dtype` what activations are computed in.
   `dms` turns on DMS learned KV-cache eviction (SPEC §5); None is the plain dense model.
+
+  The last four fields change how the model runs, never what it computes (none is written to config.json):
+  `remat` rematerialises each decoder layer under differentiation (`full`: keep only the layer's input;
+  `save_dots`: keep matmul outputs without batch dims; `auto`: `full` on accelerators, `none` on CPU, where memory
+  is ample and recomputation would cost a third of a train step); `attention` picks the full-sequence attention
+  kernel (`auto`: by platform and length, see `attention.resolve_attention`); `attention_block` is the query / key
+  block of the blockwise kernel; `logits_chunk` is how many positions per row the losses turn into vocabulary
+  logits at a time, so [B, T, V] float32 logits never exist at once.
   """
 
   model_type: str = "qwen3"
@@ -52,6 +63,10 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   dms: DMSConfig | None = None
+  remat: str = "auto"
+  attention: str = "auto"
+  attention_block: int = 512
+  logits_chunk: int = 1024
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
@@ -65,6 +80,12 @@ class ModelConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"ModelConfig.{name} {getattr(self, name)!r} is not one of {tuple(_DTYPES)}")
+    for name, choices in (("remat", REMAT_POLICIES), ("attention", ATTENTION_IMPLEMENTATIONS)):
+      if getattr(self, name) not in choices:
+        raise ValueError(f"ModelConfig.{name} {getattr(self, name)!r} is not one of {choices}")
+    for name in ("attention_block", "logits_chunk"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
 
   @property
   def compute_dtype(self):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxpost.models import dms
-from jaxpost.models.attention import grouped_attention, segment_causal_mask
+from jaxpost.models.attention import sequence_attention
 from jaxpost.models.config import ModelConfig
 from jaxpost.models.kv_cache import KVCache
 from jaxpost.models.linear import Linear, apply_all, project
@@ -77,13 +77,15 @@ class Attention(nnx.Module):
       q = dms.zero_query_neuron(q, cfg.num_kv_heads)
     return q, apply_rope(k, rot), v, neuron_BxTxK
 
-  def __call__(self, x_BxTxD, rot: Rotary, mask_BxTxT, *, layer: int = 0, cache: KVCache | None = None,
+  def __call__(self, x_BxTxD, rot: Rotary, segment_ids_BxT, *, layer: int = 0, cache: KVCache | None = None,
                residual_BxTxD=None, last_only: bool = False):
     """Output [B, T, D], or [B, 1, D] for the last position only with `last_only` (keys and values of every
-    position still reach the cache), and the updated cache."""
+    position still reach the cache), and the updated cache. Without a cache, attention is causal within the
+    segments of `segment_ids_BxT` (0 = padding), through the kernel `cfg.attention` names."""
     q, k, v, neuron_BxTxK = self.project(x_BxTxD, rot)
     if cache is None:
-      out = grouped_attention(q, k, v, mask_BxTxT)
+      out = sequence_attention(q, k, v, segment_ids_BxT, implementation=self.cfg.attention,
+                               block_size=self.cfg.attention_block)
     else:
       logits_BxTxK = None
       if self.cfg.dms is not None:
@@ -119,13 +121,31 @@ class Block(nnx.Module):
     self.mlp_norm = norm()
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, rot: Rotary, mask, *, layer: int = 0, cache: KVCache | None = None,
+  def __call__(self, x, rot: Rotary, segment_ids_BxT, *, layer: int = 0, cache: KVCache | None = None,
                last_only: bool = False):
     """`last_only`: compute the output of the last position only (the attention still reads every position)."""
-    attn_out, cache = self.attn(self.attn_norm(x), rot, mask, layer=layer, cache=cache, residual_BxTxD=x,
-                                last_only=last_only)
+    attn_out, cache = self.attn(self.attn_norm(x), rot, segment_ids_BxT, layer=layer, cache=cache,
+                                residual_BxTxD=x, last_only=last_only)
     x = (x[:, -1:] if last_only else x) + attn_out
     return x + self.mlp(self.mlp_norm(x)), cache
+
+
+_REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                   "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def _call_block(block: Block, x, rotations, segment_ids, cache, layer: int, last_only: bool):
+  return block(x, rotations, segment_ids, layer=layer, cache=cache, last_only=last_only)
+
+
+def _block_runner(remat: str):
+  """`_call_block`, rematerialised under differentiation as `remat` says (`auto`: `full` on accelerators, none
+  on CPU). Remat changes nothing in a forward that is not differentiated, such as decoding."""
+  if remat == "auto":
+    remat = "none" if jax.default_backend() == "cpu" else "full"
+  if remat == "none":
+    return _call_block
+  return nnx.remat(_call_block, policy=_REMAT_POLICIES[remat], static_argnums=(5, 6))
 
 
 class Decoder(nnx.Module):
@@ -170,14 +190,12 @@ class Decoder(nnx.Module):
       rotations = self.rotations(positions)
     elif positions is not None:
       raise ValueError("Decoder.hidden_states: pass positions or their rotations, not both")
-    mask = None
-    if cache is None:
-      mask = segment_causal_mask(segment_ids)
-    else:
+    if cache is not None:
       cache = cache.begin_step(segment_ids != 0)
     x = self.embed(tokens_BxT)
+    run_block = _block_runner(self.cfg.remat)
     for i, block in enumerate(self.layers):
-      x, cache = block(x, rotations, mask, layer=i, cache=cache, last_only=last_only and i == len(self.layers) - 1)
+      x, cache = run_block(block, x, rotations, segment_ids, cache, i, last_only and i == len(self.layers) - 1)
     if cache is not None:
       cache = cache.end_step()
     return self.final_norm(x), cache

@@ -19,7 +19,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jaxpost.models.attention import grouped_attention, segment_causal_mask
+from jaxpost.models.attention import dense_key_bias, sequence_attention
 
 DMS_VARIANTS = ("query_neuron", "adapter")
 DMS_MODES = ("soft", "hard")  # training relaxation | inference decisions (a > 0)
@@ -85,26 +85,36 @@ def delayed_eviction_bias(log_keep_BxTxK: jax.Array, window: int) -> jax.Array:
   Token indices stand for distances, so the real tokens of a segment must be contiguous (packing and left/right
   padding are). The last key has no successor but no query lies beyond the window from it.
   """
-  t = log_keep_BxTxK.shape[1]
-  successor_BxKxT = jnp.pad(log_keep_BxTxK[:, 1:], ((0, 0), (0, 1), (0, 0))).transpose(0, 2, 1)
-  index = jnp.arange(t)
-  far_TxT = index[:, None] - index[None, :] > window
-  return jnp.where(far_TxT, successor_BxKxT[:, :, None, :], 0.0)
+  return dense_key_bias(successor_bias(log_keep_BxTxK), window)
+
+
+def log_keep(a_BxTxK: jax.Array, cfg: DMSConfig, *, mode: str,
+             rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(log-probability that each token is kept [B,T,K], decisions [B,T,K]) of one layer in the full forward.
+
+  soft: log sigmoid(-l) of the noisy relaxation, straight-through decisions (for the compression loss).
+  hard: no noise, 0 or MASKED: evicted keys beyond the window are masked out, exactly what the compressed cache
+  attends to.
+  """
+  if mode == "soft":
+    l_BxTxK, decisions_BxTxK = relaxed_decisions(a_BxTxK, cfg, rng)
+    return jax.nn.log_sigmoid(-l_BxTxK), decisions_BxTxK
+  evict_BxTxK = a_BxTxK > 0
+  return jnp.where(evict_BxTxK, MASKED, 0.0), evict_BxTxK.astype(jnp.float32)
+
+
+def successor_bias(log_keep_BxTxK: jax.Array) -> jax.Array:
+  """[B, T, K]: key k's bias beyond the window, the log-keep of its successor k + 1 (the decision at token k + 1
+  says whether k is evicted); the last key has none, and no query lies beyond the window from it."""
+  return jnp.pad(log_keep_BxTxK[:, 1:], ((0, 0), (0, 1), (0, 0)))
 
 
 def eviction_bias(a_BxTxK: jax.Array, cfg: DMSConfig, *, mode: str,
                   rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """(attention bias [B,K,T,T], decisions [B,T,K]) of one layer in the full forward.
-
-  soft: bias log sigmoid(-l_{k+1}) of the noisy relaxation, straight-through decisions (for the compression loss).
-  hard: no noise, evicted keys beyond the window masked out: exactly what the compressed cache attends to.
-  """
-  if mode == "soft":
-    l_BxTxK, decisions_BxTxK = relaxed_decisions(a_BxTxK, cfg, rng)
-    return delayed_eviction_bias(jax.nn.log_sigmoid(-l_BxTxK), cfg.window), decisions_BxTxK
-  evict_BxTxK = a_BxTxK > 0
-  log_keep_BxTxK = jnp.where(evict_BxTxK, MASKED, 0.0)
-  return delayed_eviction_bias(log_keep_BxTxK, cfg.window), evict_BxTxK.astype(jnp.float32)
+  """(attention bias [B,K,T,T], decisions [B,T,K]) of one layer: `log_keep` in the dense form that
+  `grouped_attention` takes (O(T^2); the full forward uses the per-key form)."""
+  log_keep_BxTxK, decisions_BxTxK = log_keep(a_BxTxK, cfg, mode=mode, rng=rng)
+  return delayed_eviction_bias(log_keep_BxTxK, cfg.window), decisions_BxTxK
 
 
 @flax.struct.dataclass
@@ -120,14 +130,19 @@ class SequenceEviction:
   decisions: tuple[jax.Array, ...] = ()  # per layer [B, T, K], in layer order
   cfg: DMSConfig = flax.struct.field(pytree_node=False, default=DMSConfig())
   mode: str = flax.struct.field(pytree_node=False, default="hard")
+  attention: str = flax.struct.field(pytree_node=False, default="auto")  # ModelConfig.attention
+  attention_block: int = flax.struct.field(pytree_node=False, default=512)
 
   @classmethod
   def create(cls, cfg: DMSConfig, segment_ids_BxT: jax.Array, *, mode: str = "hard",
-             rng: jax.Array | None = None) -> "SequenceEviction":
-    """mode "soft" (noisy when `rng` is given) for training, "hard" for the inference decisions a > 0."""
+             rng: jax.Array | None = None, attention: str = "auto",
+             attention_block: int = 512) -> "SequenceEviction":
+    """mode "soft" (noisy when `rng` is given) for training, "hard" for the inference decisions a > 0;
+    `attention` / `attention_block`: the kernel, as `ModelConfig` names it."""
     if mode not in DMS_MODES:
       raise ValueError(f"SequenceEviction: mode {mode!r} is not one of {DMS_MODES}")
-    return cls(segment_ids_BxT=segment_ids_BxT, rng=rng, cfg=cfg, mode=mode)
+    return cls(segment_ids_BxT=segment_ids_BxT, rng=rng, cfg=cfg, mode=mode, attention=attention,
+               attention_block=attention_block)
 
   def begin_step(self, valid_BxT: jax.Array) -> "SequenceEviction":
     del valid_BxT  # the segment ids already say which tokens are real
@@ -137,27 +152,42 @@ class SequenceEviction:
     if evict_logits_BxTxK is None:
       raise ValueError("SequenceEviction: the model gave no decision logits (ModelConfig.dms is None)")
     rng = None if self.rng is None else jax.random.fold_in(self.rng, layer)
-    bias_BxKxTxT, decisions_BxTxK = eviction_bias(evict_logits_BxTxK, self.cfg, mode=self.mode, rng=rng)
-    mask_BxTxT = segment_causal_mask(self.segment_ids_BxT)
-    out = grouped_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxT, bias_BxKxTxT)
+    log_keep_BxTxK, decisions_BxTxK = log_keep(evict_logits_BxTxK, self.cfg, mode=self.mode, rng=rng)
+    out = sequence_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, self.segment_ids_BxT,
+                             key_bias_BxTxK=successor_bias(log_keep_BxTxK), bias_window=self.cfg.window,
+                             implementation=self.attention, block_size=self.attention_block)
     return out, self.replace(decisions=self.decisions + (decisions_BxTxK,))
 
   def end_step(self) -> "SequenceEviction":
     return self
 
 
-def forward(model, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
-            segment_ids: jax.Array | None = None, mode: str = "hard",
-            rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """(logits [B,T,V], decisions [L,B,T,K]) of a DMS model over whole sequences with eviction on.
+def hidden_states(model, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
+                  segment_ids: jax.Array | None = None, mode: str = "hard",
+                  rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(final hidden states [B,T,D], decisions [L,B,T,K]) of a DMS model over whole sequences with eviction on;
+  `forward` is this followed by the output projection. Losses project the positions a chunk at a time.
 
   hard: what the compressed cache computes, token for token; soft: the training relaxation (straight-through
   decisions, noisy with `rng`). Real tokens of a segment must be contiguous (distances are index differences).
   """
-  if model.cfg.dms is None:
+  cfg = model.cfg
+  if cfg.dms is None:
     raise ValueError("dms.forward: the model has no DMS settings (ModelConfig.dms is None)")
   if segment_ids is None:
     segment_ids = jnp.ones(tokens_BxT.shape, jnp.int32)
-  eviction = SequenceEviction.create(model.cfg.dms, segment_ids, mode=mode, rng=rng)
-  logits_BxTxV, eviction = model(tokens_BxT, positions=positions, segment_ids=segment_ids, cache=eviction)
-  return logits_BxTxV, jnp.stack(eviction.decisions)
+  eviction = SequenceEviction.create(cfg.dms, segment_ids, mode=mode, rng=rng, attention=cfg.attention,
+                                     attention_block=cfg.attention_block)
+  hidden_BxTxD, eviction = model.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids,
+                                               cache=eviction)
+  return hidden_BxTxD, jnp.stack(eviction.decisions)
+
+
+def forward(model, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
+            segment_ids: jax.Array | None = None, mode: str = "hard",
+            rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(logits [B,T,V], decisions [L,B,T,K]) of a DMS model over whole sequences with eviction on (see
+  `hidden_states`)."""
+  hidden_BxTxD, decisions_LxBxTxK = hidden_states(model, tokens_BxT, positions=positions, segment_ids=segment_ids,
+                                                  mode=mode, rng=rng)
+  return model.unembed(hidden_BxTxD), decisions_LxBxTxK

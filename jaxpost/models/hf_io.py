@@ -14,7 +14,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from jaxpost.models.config import MODEL_TYPES, ModelConfig, RopeScaling
+from jaxpost.models.config import EXECUTION_FIELDS, MODEL_TYPES, ModelConfig, RopeScaling
 from jaxpost.models.decoder import Decoder
 from jaxpost.models.dms import DMSConfig
 
@@ -184,16 +184,21 @@ def _read_tensors(directory: str) -> Iterator[tuple[str, str, np.ndarray]]:
 # ----------------------------------------------------------------------------------------------- load / save
 
 
-def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str | None = None) -> Decoder:
+def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str | None = None,
+                    **execution) -> Decoder:
   """Reads `config.json` and safetensors (single or sharded) into a `Decoder`.
 
+  `execution` sets how the model runs (`remat`, `attention`, `attention_block`, `logits_chunk`; see ModelConfig).
   A missing, unexpected or mis-shaped tensor is a `CheckpointError` naming the tensor and both shapes.
   """
+  unknown = sorted(set(execution) - set(EXECUTION_FIELDS))
+  if unknown:
+    raise ValueError(f"from_pretrained: {', '.join(unknown)} not settable here; only {', '.join(EXECUTION_FIELDS)}")
   config_path = os.path.join(directory, "config.json")
   if not os.path.exists(config_path):
     raise CheckpointError(f"{directory}: no config.json")
   with open(config_path) as f:
-    cfg = config_from_hf(json.load(f), source=config_path, dtype=dtype, param_dtype=param_dtype)
+    cfg = config_from_hf(json.load(f), source=config_path, dtype=dtype, param_dtype=param_dtype).replace(**execution)
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   expected = {path: var for path, var in nnx.to_flat_state(state)}
