@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxpost.losses.logprobs import masked_mean
+from jaxpost.losses.logprobs import chunked_over_positions, masked_mean
 from jaxpost.models import dms
 
 Array = jax.Array
@@ -78,14 +78,19 @@ def make_dms_loss(cfg: DMSLossConfig = DMSLossConfig()) -> LossFn:
     tokens_BxT = batch["tokens"]
     segment_ids_BxT = batch.get("segment_ids", jnp.ones(tokens_BxT.shape, jnp.int32))
     positions_BxT = batch.get("positions")
+    student_BxTxD, decisions_LxBxTxK = dms.hidden_states(model, tokens_BxT, positions=positions_BxT,
+                                                         segment_ids=segment_ids_BxT, mode="soft", rng=rng)
     if "teacher_logits" in batch:
-      teacher_BxTxV = jax.lax.stop_gradient(batch["teacher_logits"])
-    else:
-      teacher_BxTxV = jax.lax.stop_gradient(model(tokens_BxT, positions=positions_BxT, segment_ids=segment_ids_BxT))
-    student_BxTxV, decisions_LxBxTxK = dms.forward(model, tokens_BxT, positions=positions_BxT,
-                                                   segment_ids=segment_ids_BxT, mode="soft", rng=rng)
+      teacher_BxTx_ = batch["teacher_logits"]
+      teacher_logits = lambda logits: logits
+    else:  # the teacher's hidden states [B, T, D]; both are projected to the vocabulary a chunk at a time
+      teacher_BxTx_, _ = model.hidden_states(tokens_BxT, positions=positions_BxT, segment_ids=segment_ids_BxT)
+      teacher_logits = model.unembed
+    kl_of = lambda student, teacher: {"kl": distillation_kl(
+        model.unembed(student), jax.lax.stop_gradient(teacher_logits(jax.lax.stop_gradient(teacher))))}
+    kl_BxT = chunked_over_positions(kl_of, student_BxTxD, teacher_BxTx_, chunk=model.cfg.logits_chunk)["kl"]
     real_BxT = (segment_ids_BxT != 0).astype(jnp.float32)
-    kl = masked_mean(distillation_kl(student_BxTxV, teacher_BxTxV), real_BxT)
+    kl = masked_mean(kl_BxT, real_BxT)
     step = jnp.max(batch["step"]) if "step" in batch else cfg.ramp_steps
     target = target_eviction_fraction(step, target_cr=cfg.target_cr, ramp_steps=cfg.ramp_steps)
     fraction_B, fraction_L = eviction_fractions(decisions_LxBxTxK, real_BxT)

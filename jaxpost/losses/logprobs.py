@@ -2,7 +2,9 @@
 
 Letters: B batch, T tokens, P prompt length, C completion length, V vocab.
 Kernels here are pure array functions; `sft_token_arrays` and `completion_logps` run a model
-(`model(tokens, positions=..., segment_ids=...) -> logits`) on the SFT / RL batch layouts.
+(`model(tokens, positions=..., segment_ids=...) -> logits`) on the SFT / RL batch layouts. With a jaxpost
+`Decoder` they never hold [B, T, V] float32 logits: only the positions that predict a target are turned into
+logits, `ModelConfig.logits_chunk` positions at a time (rematerialised in the backward pass).
 """
 
 from __future__ import annotations
@@ -45,15 +47,51 @@ def masked_mean(x: Array, mask: Array, axis: Any = None) -> Array:
   return masked_sum(x, mask, axis) / jnp.maximum(masked_count(mask, axis), 1.0)
 
 
-def _run_model(model: Model, tokens_BxT: Array, positions_BxT: Array | None, segment_ids_BxT: Array | None,
-               temperature: float) -> Array:
+def token_stats(logits_BxTxV: Array, targets_BxT: Array) -> dict[str, Array]:
+  """[B, T] statistics of predicting `targets` from `logits`, in float32: `logps`, `entropy` (of the predictive
+  distribution), `neg_mean_logp` (-mean_v log p_v, for label smoothing) and `correct` (argmax == target)."""
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
+  return {
+      "logps": jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0],
+      "entropy": -jnp.sum(jnp.exp(logp_BxTxV) * logp_BxTxV, axis=-1),
+      "neg_mean_logp": -jnp.mean(logp_BxTxV, axis=-1),
+      "correct": jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT,
+  }
+
+
+def chunked_over_positions(fn: Callable[..., dict[str, Array]], *arrays: Array, chunk: int) -> dict[str, Array]:
+  """`fn(*arrays)` -> {name: [B, T]}, computed `chunk` positions (axis 1) at a time and rematerialised, so what
+  `fn` builds per position (vocabulary logits) exists for one chunk only, forward and backward. Equal to
+  `fn(*arrays)` when the positions fit in one chunk (then it is exactly that call)."""
+  b, t = arrays[0].shape[:2]
+  if t <= chunk:
+    return fn(*arrays)
+  n = -(-t // chunk)
+  pad = lambda x: jnp.pad(x, [(0, 0), (0, n * chunk - t)] + [(0, 0)] * (x.ndim - 2))
+  split = lambda x: jnp.swapaxes(pad(x).reshape(b, n, chunk, *x.shape[2:]), 0, 1)
+  out = jax.lax.map(lambda xs: jax.checkpoint(fn)(*xs), tuple(split(x) for x in arrays))
+  return {k: jnp.swapaxes(v, 0, 1).reshape(b, n * chunk, *v.shape[3:])[:, :t] for k, v in out.items()}
+
+
+def _targets_stats(model: Model, tokens_BxT: Array, positions_BxT: Array | None, segment_ids_BxT: Array | None,
+                   targets_BxN: Array, *, start: int, temperature: float) -> dict[str, Array]:
+  """`token_stats` of `targets_BxN` predicted from the logits at sequence positions start .. start + N - 1.
+
+  A jaxpost `Decoder` turns only those positions into logits, `cfg.logits_chunk` at a time; any other model is
+  a callable returning the logits [B, T, V] of every position (the loss tests' stand-ins are)."""
   kwargs = {}
   if positions_BxT is not None:
     kwargs["positions"] = positions_BxT
   if segment_ids_BxT is not None:
     kwargs["segment_ids"] = segment_ids_BxT
-  logits_BxTxV = model(tokens_BxT, **kwargs).astype(jnp.float32)
-  return logits_BxTxV if temperature == 1.0 else logits_BxTxV / temperature
+  n = targets_BxN.shape[1]
+  scale = lambda logits: logits.astype(jnp.float32) / temperature
+  if not hasattr(model, "hidden_states"):
+    return token_stats(scale(model(tokens_BxT, **kwargs)[:, start:start + n]), targets_BxN)
+  hidden_BxTxD, _ = model.hidden_states(tokens_BxT, **kwargs)
+  stats = lambda h_BxNxD, y_BxN: token_stats(scale(model.unembed(h_BxNxD)), y_BxN)
+  return chunked_over_positions(stats, hidden_BxTxD[:, start:start + n], targets_BxN, chunk=model.cfg.logits_chunk)
 
 
 def sft_token_arrays(model: Model, batch: Mapping[str, Array]) -> dict[str, Array]:
@@ -66,20 +104,12 @@ def sft_token_arrays(model: Model, batch: Mapping[str, Array]) -> dict[str, Arra
   """
   tokens_BxT = batch["tokens"]
   segment_ids_BxT = batch.get("segment_ids")
-  logits_BxTxV = _run_model(model, tokens_BxT, batch.get("positions"), segment_ids_BxT, 1.0)
-  prev_logits_BxTxV = logits_BxTxV[:, :-1]
-  targets_BxT = tokens_BxT[:, 1:]
-  logz_BxT = jax.nn.logsumexp(prev_logits_BxTxV, axis=-1)
+  arrays = _targets_stats(model, tokens_BxT, batch.get("positions"), segment_ids_BxT, tokens_BxT[:, 1:], start=0,
+                          temperature=1.0)
   mask_BxT = batch["loss_mask"][:, 1:].astype(bool)
   if segment_ids_BxT is not None:
     mask_BxT &= (segment_ids_BxT[:, 1:] == segment_ids_BxT[:, :-1]) & (segment_ids_BxT[:, 1:] != 0)
-  arrays = {
-      "logps": token_logps(prev_logits_BxTxV, targets_BxT),
-      "entropy": token_entropy(prev_logits_BxTxV),
-      "neg_mean_logp": logz_BxT - jnp.mean(prev_logits_BxTxV, axis=-1),
-      "correct": jnp.argmax(prev_logits_BxTxV, axis=-1) == targets_BxT,
-      "mask": mask_BxT,
-  }
+  arrays["mask"] = mask_BxT
   return {k: jnp.pad(v, ((0, 0), (1, 0))) for k, v in arrays.items()}
 
 
@@ -102,6 +132,6 @@ def completion_logps(model: Model, batch: Mapping[str, Array], *, temperature: f
   if prompt_len == 0:
     raise ValueError("completion_logps: batch['prompt_tokens'] has width 0; the first completion token needs a prompt")
   tokens_BxT, positions_BxT, segment_ids_BxT = rl_model_inputs(batch)
-  logits_BxTxV = _run_model(model, tokens_BxT, positions_BxT, segment_ids_BxT, temperature)
-  logits_BxCxV = logits_BxTxV[:, prompt_len - 1:-1]
-  return token_logps(logits_BxCxV, batch["completion_tokens"]), token_entropy(logits_BxCxV)
+  stats = _targets_stats(model, tokens_BxT, positions_BxT, segment_ids_BxT, batch["completion_tokens"],
+                         start=prompt_len - 1, temperature=temperature)
+  return stats["logps"], stats["entropy"]
