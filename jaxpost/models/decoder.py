@@ -134,18 +134,22 @@ _REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
                    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def _call_block(block: Block, x, rotations, segment_ids, cache, layer: int, last_only: bool):
-  return block(x, rotations, segment_ids, layer=layer, cache=cache, last_only=last_only)
-
-
 def _block_runner(remat: str):
-  """`_call_block`, rematerialised under differentiation as `remat` says (`auto`: `full` on accelerators, none
-  on CPU). Remat changes nothing in a forward that is not differentiated, such as decoding."""
+  """Calls a block, rematerialised under differentiation as `remat` says (`auto`: `full` on accelerators, none
+  on CPU). `jax.checkpoint` over the block closed over (not `nnx.remat`): the sampler's jitted loops hold the
+  model as a pytree, and a lifted transform would update its params across trace levels. Remat changes nothing
+  in a forward that is not differentiated, such as decoding."""
   if remat == "auto":
     remat = "none" if jax.default_backend() == "cpu" else "full"
-  if remat == "none":
-    return _call_block
-  return nnx.remat(_call_block, policy=_REMAT_POLICIES[remat], static_argnums=(5, 6))
+
+  def run(block: Block, x, rotations, segment_ids, cache, layer: int, last_only: bool):
+    call = lambda x, rotations, segment_ids, cache: block(x, rotations, segment_ids, layer=layer, cache=cache,
+                                                           last_only=last_only)
+    if remat != "none":
+      call = jax.checkpoint(call, policy=_REMAT_POLICIES[remat])
+    return call(x, rotations, segment_ids, cache)
+
+  return run
 
 
 class Decoder(nnx.Module):

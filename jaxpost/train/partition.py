@@ -11,6 +11,7 @@ the looked-up activations batch-sharded instead of model-dim-sharded). A dimensi
 only), so odd shapes such as 2 KV heads on a tensor axis of 4 still work, at the price of duplicated memory.
 """
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -91,3 +92,15 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict[str, jax.Array]:
   """Host batch arrays -> global arrays sharded by `batch_sharding`; each process passes its own rows."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def traced_on(mesh: Mesh, fn):
+  """`fn` traced with `mesh` as the context mesh: kernels that must run per shard under `shard_map` (splash
+  attention on TPU, which GSPMD cannot partition) find the mesh there."""
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced

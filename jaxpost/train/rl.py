@@ -23,7 +23,7 @@ from jaxpost.train.experience import (Method, RewardFn, RolloutConfig, informati
 from jaxpost.train.loop import check_finite, initial_state
 from jaxpost.train.mesh import MeshConfig, initialize_distributed, make_mesh
 from jaxpost.train.metrics import MetricsWriter
-from jaxpost.train.partition import DEFAULT_RULES, Rules, shard_batch
+from jaxpost.train.partition import DEFAULT_RULES, Rules, shard_batch, traced_on
 from jaxpost.train.state import OptimizerConfig
 from jaxpost.train.step import LossFn, make_train_step
 
@@ -82,8 +82,8 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
   step_fn = make_train_step(graphdef=graphdef, loss_fn=loss_fn, optimizer=cfg.optimizer, mesh=mesh,
                             state_shardings=jax.tree.map(lambda x: x.sharding, state))
   # Old-policy and reference log-probs at the rollout temperature, as the loss computes its own (TRL's convention).
-  logps_fn = jax.jit(lambda params, batch: completion_logps(nnx.merge(graphdef, params), batch,
-                                                            temperature=rollout.temperature or 1.0)[0])
+  logps_fn = jax.jit(traced_on(mesh, lambda params, batch: completion_logps(
+      nnx.merge(graphdef, params), batch, temperature=rollout.temperature or 1.0)[0]))
   reference = nnx.state(model_fn(), nnx.Param) if cfg.reference else None
   start = int(state.step) // cfg.updates_per_step
   writer = MetricsWriter(workdir, start_step=start, total_steps=cfg.total_steps, progress=cfg.progress)

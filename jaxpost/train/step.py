@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxpost.train.partition import BATCH_AXES, batch_sharding
+from jaxpost.train.partition import BATCH_AXES, batch_sharding, traced_on
 from jaxpost.train.state import OptimizerConfig, TrainState, make_optimizer, make_schedule, trainable_mask
 
 Batch = dict[str, jax.Array]
@@ -95,5 +95,5 @@ def make_train_step(*, graphdef, loss_fn: LossFn, optimizer: OptimizerConfig, me
   step = functools.partial(train_step, graphdef=graphdef, loss_fn=loss_fn, optimizer=optimizer,
                            num_microbatches=num_microbatches, mesh=mesh)
   replicated = NamedSharding(mesh, P())
-  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)), out_shardings=(state_shardings,
-                 replicated), donate_argnums=0)
+  return jax.jit(traced_on(mesh, step), in_shardings=(state_shardings, batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
