@@ -45,6 +45,6 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["jaxpost", "jaxpost.*", "experiments", "experiments.*"]),
     package_data={"jaxpost": ["assets/*/*"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "tpu-aot": ["libtpu==0.0.42.*"]},
     entry_points={"console_scripts": ["jaxpost=jaxpost.cli:main"]},
 )
