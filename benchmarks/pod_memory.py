@@ -32,7 +32,6 @@ os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import argparse
-import dataclasses
 import itertools
 import json
 import math
@@ -74,12 +73,10 @@ def hbm_bytes(device) -> int:
 
 
 def model_config(args, name: str, program: str) -> jm.ModelConfig:
-  """The preset in bfloat16 compute; TPU's attention / remat unless flags say otherwise (fields that exist only).
+  """The preset in bfloat16 compute; TPU's attention / remat unless flags say otherwise.
 
-  The sampler is never differentiated, so it gets no remat (`nnx.remat` inside its decode loop also fails)."""
-  fields = {f.name for f in dataclasses.fields(jm.ModelConfig)}
-  defaults = {**TPU_DEFAULTS, "remat": "none"} if program == "sampler" else TPU_DEFAULTS
-  overrides = {k: v for k, v in defaults.items() if k in fields}
+  The sampler is never differentiated, so it gets no remat."""
+  overrides = {**TPU_DEFAULTS, "remat": "none"} if program == "sampler" else dict(TPU_DEFAULTS)
   overrides.update({k: v for k, v in (("attention", args.attention), ("remat", args.remat)) if v is not None})
   if args.cache == "dms" and program == "sampler":
     overrides["dms"] = jm.DMSConfig()
@@ -214,7 +211,7 @@ def run_case(args, *, program, model, topology, mesh_sizes, batch, seq, prompt_l
   seq = seq if program == "sft" else prompt_len + completion_len
   row = {"program": program, "model": model, "topology": topology, "mesh": ",".join(map(str, mesh.shape.values())),
          "chips": mesh.size, "seq": seq, **(shape if program != "sft" else {"batch": batch}),
-         "remat": getattr(cfg, "remat", None), "attention": getattr(cfg, "attention", None),
+         "remat": cfg.remat, "attention": cfg.attention,
          "cache": args.cache if program == "sampler" else None, "temp_bytes": None, "flops": None,
          "hbm_bytes": hbm_bytes(mesh.devices.flat[0])}
   row.update(compile_stats(jitted, abstract, mesh, row["hbm_bytes"]))

@@ -37,7 +37,7 @@ class ModelConfig:
   The last four fields change how the model runs, never what it computes (none is written to config.json):
   `remat` rematerialises each decoder layer under differentiation (`full`: keep only the layer's input;
   `save_dots`: keep matmul outputs without batch dims; `auto`: `full` on accelerators, `none` on CPU, where memory
-  is ample and recomputation would cost a third of a train step); `attention` picks the full-sequence attention
+  is ample and XLA kept the layers' temporaries with remat on: compiled temp bytes barely moved); `attention` picks the full-sequence attention
   kernel (`auto`: by platform and length, see `attention.resolve_attention`); `attention_block` is the query / key
   block of the blockwise kernel; `logits_chunk` is how many positions per row the losses turn into vocabulary
   logits at a time, so [B, T, V] float32 logits never exist at once.
