@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxpost import data, models, rewards  # noqa: E402
 from jaxpost.evaluate import task_evaluator  # noqa: E402
+from jaxpost.errors import JaxpostError  # noqa: E402
+from jaxpost.files import write_text_atomic  # noqa: E402
 from jaxpost.losses import (GRPOConfig, LUFFYConfig, PrefixRFTConfig, make_grpo_loss, make_luffy_loss,  # noqa: E402
                             make_prefix_rft_loss)
 from jaxpost.train import CheckpointConfig, MeshConfig, OptimizerConfig, export_hf, read_metrics  # noqa: E402
@@ -109,11 +111,16 @@ def _start_accuracy(c, workdir: str, evaluator) -> float:
   """Held-out accuracy of the starting checkpoint, computed once and kept in the workdir (resumes reuse it)."""
   path = os.path.join(workdir, "start_accuracy.txt")
   if not os.path.exists(path):
+    accuracy = evaluator(models.from_pretrained(c.checkpoint))["accuracy"]
     os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      f.write(str(evaluator(models.from_pretrained(c.checkpoint))["accuracy"]))
-  with open(path) as f:
-    return float(f.read())
+    write_text_atomic(path, f"{accuracy!r}\n")  # atomic: a failed start never leaves a half-written file
+    return accuracy
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  try:
+    return float(text)
+  except ValueError:
+    raise JaxpostError(f"{path}: holds {text[:40]!r}, not an accuracy; delete it to measure the start again") from None
 
 
 def plot_rl_metrics(history: list[dict], start_accuracy: float, path: str, *, title: str) -> None:

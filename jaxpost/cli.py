@@ -160,7 +160,8 @@ def restore_params(checkpoints: str, model_cfg):
 def export(source: str, out: str, *, model: str | None = None) -> str:
   """Writes the model at `source` (HF dir, training workdir or its checkpoints/ dir) as a HF checkpoint in `out`,
   with the tokenizer files of the architecture's HF directory when it has them. Returns a one-line summary."""
-  from jaxpost.models import CheckpointError, from_pretrained, save_pretrained
+  from jaxpost.errors import CheckpointError
+  from jaxpost.models import from_pretrained, save_pretrained
   if not os.path.isdir(source):
     raise CLIError(f"{source}: no such directory")
   if _is_hf_dir(source):
@@ -212,13 +213,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs one command; a bad command line or input prints one `error: ...` line on stderr and returns 2."""
+  """Runs one command; a bad command line or input prints one `error: ...` line on stderr and returns 2, any other
+  anticipated failure (a refused checkpoint, an unwritable output) one line and 1, unless JAXPOST_TRACEBACK=1."""
+  from jaxpost.errors import ANTICIPATED, one_line
   args = _parser().parse_args(argv)
   try:
     args.handler(args)
   except CLIError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
+  except ANTICIPATED as error:
+    if os.environ.get("JAXPOST_TRACEBACK") == "1":
+      raise
+    print(one_line(error), file=sys.stderr)
+    return 1
   return 0
 
 

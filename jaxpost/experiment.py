@@ -5,6 +5,7 @@ An experiment module defines `get_config() -> ml_collections.ConfigDict` and `ma
 learning_rate=3e-4` or `--config.optimizer.learning_rate 3e-4`); each value is parsed to the type of the field it
 replaces, and an unknown key is refused with the closest valid one suggested. Running the same command on the same
 workdir resumes (the trainer restores the newest checkpoint there); the config used is kept in workdir/config.json.
+`--config.restart=true` starts over, keeping the workdir's previous contents under workdir/restarted-<time>.
 """
 
 import ast
@@ -12,6 +13,7 @@ import difflib
 import json
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from jaxpost.errors import ANTICIPATED, one_line
+from jaxpost.files import read_json, write_text_atomic
 from jaxpost.train.mesh import initialize_distributed
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -92,40 +96,84 @@ def parse_args(argv: Sequence[str], config: ml_collections.ConfigDict) -> str:
   return workdir
 
 
-def _record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes workdir/config.json; warns when resuming a workdir that was started with a different config."""
-  os.makedirs(workdir, exist_ok=True)
+def _config_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(json.loads(config.to_json()), indent=2) + "\n"
+
+
+def _has_progress(workdir: str) -> bool:
+  """Whether `workdir` holds a finished checkpoint: a run there got past its start."""
+  checkpoints = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
+
+
+def restart_aside(workdir: str) -> str | None:
+  """Moves everything in `workdir` (checkpoints, metrics, exports) into `workdir/restarted-<time>`, so a run can
+  start over without losing its history; returns that directory (None when there was nothing to move)."""
+  names = [n for n in os.listdir(workdir) if not n.startswith("restarted-")] if os.path.isdir(workdir) else []
+  if not names:
+    return None
+  aside = os.path.join(workdir, f"restarted-{time.strftime('%Y%m%d-%H%M%S')}")
+  os.makedirs(aside)
+  for name in names:
+    os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+  return aside
+
+
+def _start(config: ml_collections.ConfigDict, workdir: str, restart: bool) -> tuple[bool, bool]:
+  """Prepares `workdir` on process 0: restarts it if asked, warns when resuming it with another config, and writes
+  config.json for a new workdir. Returns (whether config.json was written now, whether it is still to be written
+  after the run succeeds)."""
+  if restart:
+    aside = restart_aside(workdir)
+    if aside:
+      print(f"restarting: the previous contents of {workdir} are kept in {aside}", file=sys.stderr)
   path = os.path.join(workdir, "config.json")
-  current = json.loads(config.to_json())
   if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      if json.load(f) != current:
-        warnings.warn(f"{path}: this workdir was started with a different config; continuing with the new one")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(current, f, indent=2)
-  os.replace(path + ".tmp", path)
+    if read_json(path) != json.loads(config.to_json()):
+      warnings.warn(f"{path}: this workdir was started with a different config; continuing with the new one "
+                    f"(written there once this run succeeds)")
+      return False, True
+    return False, False
+  os.makedirs(workdir, exist_ok=True)
+  write_text_atomic(path, _config_json(config))
+  return True, False
 
 
 def run_experiment(get_config: Callable[[], ml_collections.ConfigDict],
                    main: Callable[[ml_collections.ConfigDict, str], Any], argv: Sequence[str] | None = None) -> Any:
   """Parses the command line (default `sys.argv[1:]`), records the config and calls `main(config, workdir)`.
 
-  A bad command line exits with a one-line error on stderr (status 2); so does a ValueError from `main`, the
-  library's refusal of a bad value or file (status 1), unless JAXPOST_TRACEBACK=1 asks for the traceback.
+  Every experiment takes `--config.restart=true`, which moves the workdir's contents aside (see `restart_aside`)
+  and starts over. A bad command line exits with a one-line error on stderr (status 2); so does an anticipated
+  failure in `main` (a refused value or file, a non-finite loss, a missing or unwritable file: status 1), unless
+  JAXPOST_TRACEBACK=1 asks for the traceback. A failed run leaves a workdir's existing files as they were; a new
+  workdir it created keeps no config.json unless a checkpoint was written.
   """
   config = get_config()
+  with config.unlocked():
+    config.restart = False
   try:
     workdir = parse_args(sys.argv[1:] if argv is None else argv, config)
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr)
     raise SystemExit(2) from None
-  initialize_distributed()
-  if jax.process_index() == 0:
-    _record_config(config, workdir)
+  restart = config.restart
+  with config.unlocked():
+    del config["restart"]
   try:
-    return main(config, workdir)
-  except ValueError as error:
+    initialize_distributed()
+    created, write_config_after = _start(config, workdir, restart) if jax.process_index() == 0 else (False, False)
+    try:
+      result = main(config, workdir)
+    except ANTICIPATED:
+      if created and not _has_progress(workdir):
+        os.remove(os.path.join(workdir, "config.json"))  # nothing ran: the next attempt starts clean
+      raise
+    if write_config_after:
+      write_text_atomic(os.path.join(workdir, "config.json"), _config_json(config))
+    return result
+  except ANTICIPATED as error:
     if os.environ.get("JAXPOST_TRACEBACK") == "1":
       raise
-    print(f"error: {error} (JAXPOST_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+    print(one_line(error), file=sys.stderr)
     raise SystemExit(1) from None

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxpost.data import batching
-from jaxpost.data.tokenize import TokenizedExample, encode_completion, encode_prompt
+from jaxpost.data.tokenize import TokenizedExample, check_unknown, encode_completion, encode_prompt
 
 Units = list[list[int]]  # Each unit is a list of item indices: one item, or the items packed into one row.
 
@@ -128,6 +128,7 @@ def prompt_iterator(records: Sequence[Mapping[str, str]], tokenizer: Any, cfg: I
   prompts = [encode_prompt(tokenizer, r["prompt"]) for r in records]
   has_demos = bool(records) and all("completion" in r for r in records)
   demos = [encode_completion(tokenizer, r["completion"]) for r in records] if has_demos else None
+  check_unknown(tokenizer, [p + d for p, d in zip(prompts, demos)] if demos else prompts, records)
 
   def make_batch(units: Units) -> PromptBatch:
     items = [unit[0] for unit in units]

@@ -5,9 +5,12 @@ and the completion is the assistant's text followed by EOS; without one, prompt 
 """
 
 import dataclasses
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
+
+from jaxpost.errors import JaxpostError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,6 +54,27 @@ def encode_record(tokenizer: Any, record: Mapping[str, str]) -> TokenizedExample
       loss_mask_T=np.asarray([0] * len(prompt_ids) + [1] * len(completion_ids), dtype=np.int32))
 
 
-def encode_records(tokenizer: Any, records: list[Mapping[str, str]]) -> list[TokenizedExample]:
-  """`encode_record` over a list."""
-  return [encode_record(tokenizer, r) for r in records]
+def encode_records(tokenizer: Any, records: list[Mapping[str, str]], *,
+                   max_unknown_fraction: float = 0.5) -> list[TokenizedExample]:
+  """`encode_record` over a list. Records with text the tokenizer maps to its unknown token are counted: a warning
+  names how many and the first; more than `max_unknown_fraction` of the records is an error (wrong tokenizer?)."""
+  examples = [encode_record(tokenizer, r) for r in records]
+  check_unknown(tokenizer, [e.tokens_T for e in examples], records, max_unknown_fraction=max_unknown_fraction)
+  return examples
+
+
+def check_unknown(tokenizer: Any, token_rows: list[np.ndarray], records: list[Mapping[str, Any]], *,
+                  max_unknown_fraction: float = 0.5) -> None:
+  """Warns (or, past `max_unknown_fraction` of the records, raises) when encoded records hold the unknown token."""
+  unk = getattr(tokenizer, "unk_token_id", None)
+  if unk is None or not records:
+    return
+  hit = [i for i, tokens in enumerate(token_rows) if np.any(np.asarray(tokens) == unk)]
+  if not hit:
+    return
+  where = records[hit[0]].get("source", f"record {hit[0]}") if isinstance(records[hit[0]], Mapping) else hit[0]
+  message = (f"{len(hit)} of {len(records)} records contain text the tokenizer maps to its unknown token "
+             f"{tokenizer.unk_token!r} (first: {where}: {str(records[hit[0]])[:120]})")
+  if len(hit) > max_unknown_fraction * len(records):
+    raise JaxpostError(f"{message}; more than max_unknown_fraction={max_unknown_fraction}: is it the right tokenizer?")
+  warnings.warn(message, stacklevel=3)

@@ -22,6 +22,7 @@ from jaxpost.generate.config import SamplingConfig
 from jaxpost.generate.rollout import Rollout
 from jaxpost.generate.sampling import choose_tokens
 from jaxpost.models import Decoder, DenseKVCache, KVCache, ModelConfig
+from jaxpost.models.decoder import warn_past_positions
 
 CacheFactory = Callable[[ModelConfig, int, int], KVCache]
 BATCH_AXES = ("data", "fsdp")
@@ -41,6 +42,8 @@ def generate(model: Decoder, prompt_tokens: jax.Array, prompt_mask: jax.Array, *
   """
   _check_prompts(prompt_tokens, prompt_mask)
   b = prompt_tokens.shape[0]
+  warn_past_positions(model.cfg, prompt_tokens.shape[1] + cfg.completion_len,
+                      "generate: prompt width + completion_len")
   limit_B = _limits(cfg.completion_len if max_new_tokens is None else max_new_tokens, b, cfg.completion_len)
   if rng is None:
     if not cfg.greedy:

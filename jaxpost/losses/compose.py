@@ -1,5 +1,9 @@
 """Loss composition (SPEC §1): a weighted sum of losses is a loss, each term's metrics under its own prefix.
 
+Each counted term keeps its own normalisers (`jaxpost.losses.counts`): `compose(...).counts(batch)` is
+{term: that term's counts}, so a composed loss split into micro-batches equals the whole-batch loss exactly even
+when its terms count different tokens.
+
     loss_fn = compose({"grpo": (1.0, make_grpo_loss(cfg)), "sft": Term(0.1, make_sft_loss(), batch_key="demo")})
     loss, metrics = loss_fn(model, batch, rng)  # metrics: "loss", "grpo/loss", "grpo/kl", ..., "sft/accuracy", ...
 """
@@ -13,6 +17,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxpost.losses.counts import COUNTS, CountedLoss
 from jaxpost.losses.grpo import LossFn
 
 Array = jax.Array
@@ -41,7 +46,7 @@ def _as_term(name: str, spec: Any) -> Term:
   raise ValueError(f"compose: term {name!r} must be (weight, loss_fn) or Term, got {spec!r}")
 
 
-def compose(terms: Mapping[str, Term | tuple[float, LossFn]]) -> LossFn:
+def compose(terms: Mapping[str, Term | tuple[float, LossFn]]) -> CountedLoss:
   """loss_fn(model, batch, rng) = sum_k weight_k * loss_k(model, batch_k, rng_k).
 
   Metrics: each term's metrics as "<name>/<metric>" (its unweighted loss as "<name>/loss"), and the total as
@@ -53,12 +58,21 @@ def compose(terms: Mapping[str, Term | tuple[float, LossFn]]) -> LossFn:
     if not name or "/" in name:
       raise ValueError(f"compose: term names must be non-empty and contain no '/', got {name!r}")
   parsed = {name: _as_term(name, spec) for name, spec in terms.items()}
+  counted = {name: term for name, term in parsed.items() if hasattr(term.loss_fn, "counts")}
+
+  def term_batch_of(term: Term, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+    return {k: v for k, v in batch.items() if k != COUNTS} if term.batch_key is None else batch[term.batch_key]
+
+  def counts(batch: Mapping[str, Any]) -> dict[str, dict[str, Array]]:
+    return {name: term.loss_fn.counts(term_batch_of(term, batch)) for name, term in counted.items()}
 
   def loss_fn(model, batch: Mapping[str, Any], rng=None) -> tuple[Array, dict[str, Array]]:
     total = jnp.float32(0.0)
     metrics: dict[str, Array] = {}
     for index, (name, term) in enumerate(parsed.items()):
-      term_batch = batch if term.batch_key is None else batch[term.batch_key]
+      term_batch = term_batch_of(term, batch)
+      if COUNTS in batch and name in batch[COUNTS]:
+        term_batch = {**term_batch, COUNTS: batch[COUNTS][name]}
       term_rng = None if rng is None else jax.random.fold_in(rng, index)
       loss, term_metrics = term.loss_fn(model, term_batch, term_rng)
       total = total + term.weight * loss
@@ -67,4 +81,4 @@ def compose(terms: Mapping[str, Term | tuple[float, LossFn]]) -> LossFn:
     metrics["loss"] = total
     return total, metrics
 
-  return loss_fn
+  return CountedLoss(loss_fn, counts)

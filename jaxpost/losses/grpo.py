@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxpost.losses.counts import CountedLoss, counts_in, mean_by
 from jaxpost.losses.logprobs import completion_logps, masked_count, masked_mean, masked_sum
 
 Array = jax.Array
@@ -168,8 +169,23 @@ def token_policy_losses(logps_BxC: Array, old_logps_BxC: Array, advantages: Arra
   return loss_BxC, metrics
 
 
+def rl_counts(mask_BxC: Array, token_normalizer: Array | None = None) -> dict[str, Array]:
+  """The normalisers of the GRPO-family aggregations: rows, completion tokens, and the generation batch's token
+  count for dapo / cispo (`token_normalizer`, defaulting to this batch's tokens)."""
+  tokens = masked_count(mask_BxC)
+  return {"rows": jnp.float32(mask_BxC.shape[0]), "tokens": tokens,
+          "generation_tokens": tokens if token_normalizer is None else jnp.asarray(token_normalizer, jnp.float32)}
+
+
+def rl_batch_counts(batch: Mapping[str, Array]) -> dict[str, Array]:
+  """`rl_counts` of an RL batch. `num_loss_tokens` is the generation batch's token count: a scalar, or one copy per
+  row as the RL loop writes it (so it survives row splits)."""
+  generation_tokens = batch.get("num_loss_tokens")
+  return rl_counts(batch["completion_mask"], None if generation_tokens is None else jnp.max(generation_tokens))
+
+
 def aggregate(loss_BxC: Array, mask_BxC: Array, *, loss_type: str = "grpo", max_completion_length: int | None = None,
-              token_normalizer: Array | None = None) -> Array:
+              token_normalizer: Array | None = None, counts: Mapping[str, Array] | None = None) -> Array:
   """Masked per-token losses -> scalar, by TRL `loss_type`.
 
   grpo: mean_i (sum_t l*m / max(sum_t m, 1)) over all B rows (verl `seq-mean-token-mean`).
@@ -178,45 +194,48 @@ def aggregate(loss_BxC: Array, mask_BxC: Array, *, loss_type: str = "grpo", max_
     `seq-mean-token-sum-norm` divides by L_max only).
   dapo, cispo: sum l*m / token_normalizer, the token count of the whole generation batch (TRL's
     num_items_in_batch); defaults to this batch's count, i.e. bnpo.
+  B and the counts come from `counts` when given (`rl_counts` of the whole batch, fixed before micro-batching).
   """
+  counts = rl_counts(mask_BxC, token_normalizer) if counts is None else counts
   total = masked_sum(loss_BxC, mask_BxC)
   if loss_type == "grpo":
     per_row_B = masked_sum(loss_BxC, mask_BxC, axis=-1) / jnp.maximum(masked_count(mask_BxC, axis=-1), 1.0)
-    return jnp.mean(per_row_B)
+    return jnp.sum(per_row_B) / counts["rows"]
   if loss_type == "bnpo":
-    return total / jnp.maximum(masked_count(mask_BxC), 1.0)
+    return total / jnp.maximum(counts["tokens"], 1.0)
   if loss_type == "dr_grpo":
-    batch, width = mask_BxC.shape
-    return total / (batch * (max_completion_length or width))
+    return total / (counts["rows"] * (max_completion_length or mask_BxC.shape[1]))
   if loss_type in ("dapo", "cispo"):
-    normalizer = masked_count(mask_BxC) if token_normalizer is None else token_normalizer
-    return total / jnp.maximum(jnp.asarray(normalizer, jnp.float32), 1.0)
+    return total / jnp.maximum(counts["generation_tokens"], 1.0)
   raise ValueError(f"aggregate: loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
 def regularized_loss(token_loss_BxC: Array, mask_BxC: Array, *, logps_BxC: Array, loss_type: str = "grpo",
                      max_completion_length: int | None = None, token_normalizer: Array | None = None,
                      ref_logps_BxC: Array | None = None, beta: float = 0.0, kl_estimator: str = "k3",
-                     entropy_BxC: Array | None = None, entropy_coef: float = 0.0) -> tuple[Array, dict[str, Array]]:
+                     entropy_BxC: Array | None = None, entropy_coef: float = 0.0,
+                     counts: Mapping[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
   """aggregate(token_loss + beta * KL) - entropy_coef * masked_mean(entropy); metrics loss, kl, entropy, n_tokens.
+  Token means divide by `counts["tokens"]` when counts are given (see `aggregate`).
 
   The KL is added per token before aggregation, as TRL does (verl adds agg(KL) with the same aggregation, which
   is the same number); `kl` is reported whenever ref log-probs are given, `entropy` whenever entropies are.
   """
+  counts = rl_counts(mask_BxC, token_normalizer) if counts is None else counts
   per_token_BxC = token_loss_BxC
   kl_metric = jnp.float32(0.0)
   if ref_logps_BxC is not None:
     kl_BxC = kl_penalty(logps_BxC, jax.lax.stop_gradient(ref_logps_BxC), kl_estimator)
-    kl_metric = masked_mean(jax.lax.stop_gradient(kl_BxC), mask_BxC)
+    kl_metric = mean_by(jax.lax.stop_gradient(kl_BxC), mask_BxC, counts["tokens"])
     if beta:
       per_token_BxC = per_token_BxC + beta * kl_BxC
   elif beta:
     raise ValueError("policy_loss: beta > 0 needs ref_logps")
   loss = aggregate(per_token_BxC, mask_BxC, loss_type=loss_type, max_completion_length=max_completion_length,
-                   token_normalizer=token_normalizer)
+                   counts=counts)
   entropy_metric = jnp.float32(0.0)
   if entropy_BxC is not None:
-    mean_entropy = masked_mean(entropy_BxC, mask_BxC)
+    mean_entropy = mean_by(entropy_BxC, mask_BxC, counts["tokens"])
     entropy_metric = jax.lax.stop_gradient(mean_entropy)
     if entropy_coef:
       loss = loss - entropy_coef * mean_entropy
@@ -229,7 +248,8 @@ def policy_loss(logps: Array, old_logps: Array, advantages: Array, mask: Array, 
                 importance_level: str = "token", epsilon_low: float = 0.2, epsilon_high: float = 0.2,
                 clip_ratio_c: float | None = None, ref_logps: Array | None = None, beta: float = 0.0,
                 kl_estimator: str = "k3", max_completion_length: int | None = None, entropy: Array | None = None,
-                entropy_coef: float = 0.0, token_normalizer: Array | None = None) -> tuple[Array, dict[str, Array]]:
+                entropy_coef: float = 0.0, token_normalizer: Array | None = None,
+                counts: Mapping[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
   """The GRPO-family loss on [B,C] log-probs; advantages [B] or per token [B,C]. Returns (loss, metrics).
 
   = `regularized_loss(token_policy_losses(...))`; see those for the formulas and the TRL/verl mode each option
@@ -245,15 +265,16 @@ def policy_loss(logps: Array, old_logps: Array, advantages: Array, mask: Array, 
   loss, metrics = regularized_loss(
       token_loss_BxC, mask, logps_BxC=logps, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
       token_normalizer=token_normalizer, ref_logps_BxC=ref_logps, beta=cfg.beta, kl_estimator=cfg.kl_estimator,
-      entropy_BxC=entropy, entropy_coef=cfg.entropy_coef)
+      entropy_BxC=entropy, entropy_coef=cfg.entropy_coef, counts=counts)
   return loss, {**metrics, **clip_metrics}
 
 
-def make_grpo_loss(cfg: GRPOConfig = GRPOConfig()) -> LossFn:
+def make_grpo_loss(cfg: GRPOConfig = GRPOConfig()) -> CountedLoss:
   """loss_fn(model, batch, rng) on the RL batch layout: forward pass, then `policy_loss`.
 
   Uses batch `old_logps` (stop_gradient(logps) when absent: one update per rollout batch), `ref_logps` when
-  present, `advantages` [B] or [B,C], and `num_loss_tokens` as the dapo/cispo normalizer when present.
+  present, `advantages` [B] or [B,C], and `num_loss_tokens` as the dapo/cispo normalizer when present; its
+  normalisers are `rl_batch_counts` (fixed for the whole batch by the train step).
   """
 
   def loss_fn(model, batch: Mapping[str, Array], rng=None) -> tuple[Array, dict[str, Array]]:
@@ -262,6 +283,6 @@ def make_grpo_loss(cfg: GRPOConfig = GRPOConfig()) -> LossFn:
     old_logps_BxC = batch.get("old_logps", jax.lax.stop_gradient(logps_BxC))
     return policy_loss(logps_BxC, old_logps_BxC, batch["advantages"], batch["completion_mask"],
                        ref_logps=batch.get("ref_logps"), entropy=entropy_BxC,
-                       token_normalizer=batch.get("num_loss_tokens"), **cfg.kernel_kwargs())
+                       counts=counts_in(batch, rl_batch_counts), **cfg.kernel_kwargs())
 
-  return loss_fn
+  return CountedLoss(loss_fn, rl_batch_counts)

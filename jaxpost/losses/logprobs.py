@@ -106,11 +106,18 @@ def sft_token_arrays(model: Model, batch: Mapping[str, Array]) -> dict[str, Arra
   segment_ids_BxT = batch.get("segment_ids")
   arrays = _targets_stats(model, tokens_BxT, batch.get("positions"), segment_ids_BxT, tokens_BxT[:, 1:], start=0,
                           temperature=1.0)
+  arrays = {k: jnp.pad(v, ((0, 0), (1, 0))) for k, v in arrays.items()}
+  arrays["mask"] = sft_loss_mask(batch)
+  return arrays
+
+
+def sft_loss_mask(batch: Mapping[str, Array]) -> Array:
+  """[B,T] bool: the tokens an SFT loss predicts (see `sft_token_arrays`); needs no model, only the batch."""
   mask_BxT = batch["loss_mask"][:, 1:].astype(bool)
+  segment_ids_BxT = batch.get("segment_ids")
   if segment_ids_BxT is not None:
     mask_BxT &= (segment_ids_BxT[:, 1:] == segment_ids_BxT[:, :-1]) & (segment_ids_BxT[:, 1:] != 0)
-  arrays["mask"] = mask_BxT
-  return {k: jnp.pad(v, ((0, 0), (1, 0))) for k, v in arrays.items()}
+  return jnp.pad(mask_BxT, ((0, 0), (1, 0)))
 
 
 def rl_model_inputs(batch: Mapping[str, Array]) -> tuple[Array, Array, Array]:

@@ -14,7 +14,8 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxpost.losses.grpo import GRPOConfig, LossFn, regularized_loss, token_policy_losses
+from jaxpost.losses.counts import CountedLoss, counts_in
+from jaxpost.losses.grpo import GRPOConfig, rl_batch_counts, regularized_loss, token_policy_losses
 from jaxpost.losses.logprobs import completion_logps, masked_count
 
 Array = jax.Array
@@ -35,7 +36,7 @@ class LUFFYConfig:
 
 def luffy_policy_loss(logps_BxC: Array, old_logps_BxC: Array, advantages: Array, mask_BxC: Array,
                       demo_mask_BxC: Array, *, cfg: LUFFYConfig = LUFFYConfig(), ref_logps_BxC: Array | None = None,
-                      entropy_BxC: Array | None = None, token_normalizer: Array | None = None
+                      entropy_BxC: Array | None = None, counts: Mapping[str, Array] | None = None
                       ) -> tuple[Array, dict[str, Array]]:
   """Per token: demonstration -A * p/(p + gamma) (gradient -A * gamma p/(p + gamma)^2 dlogp, no ratio, no clip);
   otherwise the `cfg.policy` GRPO term; then KL / entropy / aggregation as `grpo.regularized_loss`.
@@ -57,13 +58,13 @@ def luffy_policy_loss(logps_BxC: Array, old_logps_BxC: Array, advantages: Array,
   token_loss_BxC = jnp.where(demo_BxC, demo_loss_BxC, on_policy_loss_BxC)
   loss, metrics = regularized_loss(
       token_loss_BxC, mask_BxC, logps_BxC=logps_BxC, loss_type=policy.loss_type,
-      max_completion_length=policy.max_completion_length, token_normalizer=token_normalizer,
+      max_completion_length=policy.max_completion_length, counts=counts,
       ref_logps_BxC=ref_logps_BxC, beta=policy.beta, kl_estimator=policy.kl_estimator, entropy_BxC=entropy_BxC,
       entropy_coef=policy.entropy_coef)
   return loss, {**metrics, **clip_metrics, "demo/n_tokens": masked_count(demo_BxC)}
 
 
-def make_luffy_loss(cfg: LUFFYConfig = LUFFYConfig()) -> LossFn:
+def make_luffy_loss(cfg: LUFFYConfig = LUFFYConfig()) -> CountedLoss:
   """loss_fn(model, batch, rng) on the RL layout; `prefix_mask` marks demonstration tokens."""
 
   def loss_fn(model, batch: Mapping[str, Array], rng=None) -> tuple[Array, dict[str, Array]]:
@@ -72,6 +73,6 @@ def make_luffy_loss(cfg: LUFFYConfig = LUFFYConfig()) -> LossFn:
     return luffy_policy_loss(
         logps_BxC, batch.get("old_logps", jax.lax.stop_gradient(logps_BxC)), batch["advantages"],
         batch["completion_mask"], batch["prefix_mask"], cfg=cfg, ref_logps_BxC=batch.get("ref_logps"),
-        entropy_BxC=entropy_BxC, token_normalizer=batch.get("num_loss_tokens"))
+        entropy_BxC=entropy_BxC, counts=counts_in(batch, rl_batch_counts))
 
-  return loss_fn
+  return CountedLoss(loss_fn, rl_batch_counts)

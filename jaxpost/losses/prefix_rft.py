@@ -16,7 +16,8 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxpost.losses.grpo import GRPOConfig, LossFn, policy_loss
+from jaxpost.losses.counts import CountedLoss, counts_in
+from jaxpost.losses.grpo import GRPOConfig, policy_loss, rl_batch_counts
 from jaxpost.losses.logprobs import completion_logps, masked_count, masked_mean
 
 Array = jax.Array
@@ -146,7 +147,7 @@ def select_high_entropy_prefix_tokens(entropy_BxC: Array, prefix_mask_BxC: Array
 
 def prefix_rft_policy_loss(logps_BxC: Array, old_logps_BxC: Array, advantages: Array, mask_BxC: Array,
                            prefix_mask_BxC: Array, entropy_BxC: Array, *, cfg: PrefixRFTConfig = PrefixRFTConfig(),
-                           ref_logps_BxC: Array | None = None, token_normalizer: Array | None = None
+                           ref_logps_BxC: Array | None = None, counts: Mapping[str, Array] | None = None
                            ) -> tuple[Array, dict[str, Array]]:
   """`grpo.policy_loss` with the advantage of every prefix token outside the top-entropy selection set to 0.
 
@@ -157,13 +158,13 @@ def prefix_rft_policy_loss(logps_BxC: Array, old_logps_BxC: Array, advantages: A
   adv_BxC = jnp.broadcast_to(advantages[:, None] if advantages.ndim == 1 else advantages, logps_BxC.shape)
   adv_BxC = jnp.where(prefix_BxC & ~keep_BxC, 0.0, adv_BxC)
   loss, metrics = policy_loss(logps_BxC, old_logps_BxC, adv_BxC, mask_BxC, ref_logps=ref_logps_BxC,
-                              entropy=entropy_BxC, token_normalizer=token_normalizer, **cfg.policy.kernel_kwargs())
+                              entropy=entropy_BxC, counts=counts, **cfg.policy.kernel_kwargs())
   metrics.update({"prefix/n_tokens": masked_count(prefix_BxC), "prefix/n_trained": masked_count(keep_BxC),
                   "prefix/entropy": masked_mean(jax.lax.stop_gradient(entropy_BxC), keep_BxC)})
   return loss, metrics
 
 
-def make_prefix_rft_loss(cfg: PrefixRFTConfig = PrefixRFTConfig()) -> LossFn:
+def make_prefix_rft_loss(cfg: PrefixRFTConfig = PrefixRFTConfig()) -> CountedLoss:
   """loss_fn(model, batch, rng) on the RL layout with `prefix_mask` (all zeros when absent) and per-token or
   per-row `advantages` (see `prefix_rft_advantages`). The entropy ranking is over the batch passed in."""
 
@@ -174,7 +175,7 @@ def make_prefix_rft_loss(cfg: PrefixRFTConfig = PrefixRFTConfig()) -> LossFn:
     return prefix_rft_policy_loss(
         logps_BxC, batch.get("old_logps", jax.lax.stop_gradient(logps_BxC)), batch["advantages"], mask_BxC,
         batch.get("prefix_mask", jnp.zeros_like(mask_BxC)), entropy_BxC, cfg=cfg,
-        ref_logps_BxC=batch.get("ref_logps"), token_normalizer=batch.get("num_loss_tokens"))
+        ref_logps_BxC=batch.get("ref_logps"), counts=counts_in(batch, rl_batch_counts))
 
-  return loss_fn
+  return CountedLoss(loss_fn, rl_batch_counts)
 

@@ -1,7 +1,7 @@
 """SFT: next-token cross-entropy on completion tokens only (SPEC §2), packing-aware.
 
-The kernel returns a sum and a denominator, so sharding, packing and gradient accumulation all normalise by
-the number of loss tokens of the whole (global) batch.
+The kernel returns a sum and a count; the loss divides by the loss-token count of the whole (global) batch, fixed
+before micro-batching (`jaxpost.losses.counts`), so sharding, packing and accumulation are all exact.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxpost.losses.logprobs import masked_count, masked_mean, masked_sum, sft_token_arrays
+from jaxpost.losses.counts import CountedLoss, counts_in, mean_by
+from jaxpost.losses.logprobs import masked_count, masked_sum, sft_loss_mask, sft_token_arrays
 
 Array = jax.Array
 LossFn = Callable[[Any, Mapping[str, Array], Any], tuple[Array, dict[str, Array]]]
@@ -43,29 +44,34 @@ def sft_loss_terms(logps_BxT: Array, mask_BxT: Array, *, label_smoothing: float 
   return masked_sum(nll_BxT, mask_BxT), masked_count(mask_BxT)
 
 
-def make_sft_loss(cfg: SFTConfig = SFTConfig()) -> LossFn:
+def sft_counts(batch: Mapping[str, Array]) -> dict[str, Array]:
+  """The SFT loss's normaliser: the number of loss tokens of `batch`."""
+  return {"tokens": masked_count(sft_loss_mask(batch))}
+
+
+def make_sft_loss(cfg: SFTConfig = SFTConfig()) -> CountedLoss:
   """loss_fn(model, batch, rng) -> (loss, metrics) on the SFT batch layout.
 
-  loss = sum / max(n, 1), n the batch's loss-token count, reported as `loss_denominator` so that the train step
-  weights accumulated micro-batches by it and reproduces the big-batch token mean exactly.
-  Metrics: loss, loss_sum, n_tokens, loss_denominator, accuracy (argmax), entropy (mean over loss tokens).
+  loss = sum / max(n, 1), n the loss-token count of the whole batch (`sft_counts`, fixed by the train step before
+  micro-batching; see `jaxpost.losses.counts`), so accumulation reproduces the big-batch token mean exactly.
+  Metrics: loss, loss_sum, n_tokens (this micro-batch's), accuracy (argmax), entropy (mean over loss tokens).
   """
 
   def loss_fn(model, batch: Mapping[str, Array], rng=None) -> tuple[Array, dict[str, Array]]:
     del rng  # deterministic
     arrays = sft_token_arrays(model, batch)
     mask_BxT = arrays["mask"]
+    tokens = counts_in(batch, sft_counts)["tokens"]
     loss_sum, n_tokens = sft_loss_terms(arrays["logps"], mask_BxT, label_smoothing=cfg.label_smoothing,
                                         neg_mean_logp_BxT=arrays["neg_mean_logp"])
-    loss = loss_sum / jnp.maximum(n_tokens, 1.0)
+    loss = loss_sum / jnp.maximum(tokens, 1.0)
     metrics = {
         "loss": loss,
         "loss_sum": loss_sum,
         "n_tokens": n_tokens,
-        "loss_denominator": n_tokens,
-        "accuracy": masked_mean(arrays["correct"].astype(jnp.float32), mask_BxT),
-        "entropy": masked_mean(jax.lax.stop_gradient(arrays["entropy"]), mask_BxT),
+        "accuracy": mean_by(arrays["correct"].astype(jnp.float32), mask_BxT, tokens),
+        "entropy": mean_by(jax.lax.stop_gradient(arrays["entropy"]), mask_BxT, tokens),
     }
     return loss, metrics
 
-  return loss_fn
+  return CountedLoss(loss_fn, sft_counts)

@@ -5,6 +5,8 @@ Letters in names: B batch, T tokens, S cache slots, D model width, H query heads
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -152,6 +154,14 @@ def _block_runner(remat: str):
   return run
 
 
+def warn_past_positions(cfg: ModelConfig, length: int, what: str) -> None:
+  """Warns (once per traced shape) when `length` positions exceed the model's trained range."""
+  if length > cfg.max_position_embeddings:
+    warnings.warn(f"{what} of {length} positions exceeds the model's max_position_embeddings "
+                  f"{cfg.max_position_embeddings}: positions past it are outside what the model was trained on",
+                  stacklevel=3)
+
+
 class Decoder(nnx.Module):
   """Token embedding, a stack of blocks, final norm and the (possibly tied) output projection."""
 
@@ -186,6 +196,8 @@ class Decoder(nnx.Module):
     fused kernels at every step.
     """
     b, t = tokens_BxT.shape
+    if cache is None:
+      warn_past_positions(self.cfg, t, "a sequence")
     if segment_ids is None:
       segment_ids = jnp.ones((b, t), jnp.int32)
     if rotations is None:

@@ -11,19 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from jaxpost.errors import CheckpointError
+from jaxpost.files import read_json, write_text_atomic
 from jaxpost.models.config import EXECUTION_FIELDS, MODEL_TYPES, ModelConfig, RopeScaling
 from jaxpost.models.decoder import Decoder
 from jaxpost.models.dms import DMSConfig
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
 _INDEX_FILE = "model.safetensors.index.json"
-
-
-class CheckpointError(ValueError):
-  """A checkpoint on disk does not match what the decoder expects."""
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -159,8 +157,7 @@ def tensor_map(cfg: ModelConfig) -> dict[str, tuple]:
 def _checkpoint_files(directory: str) -> list[str]:
   index_path = os.path.join(directory, _INDEX_FILE)
   if os.path.exists(index_path):
-    with open(index_path) as f:
-      weight_map = json.load(f).get("weight_map")
+    weight_map = read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict):
       raise CheckpointError(f"{index_path}: no 'weight_map' dict")
     return sorted(set(weight_map.values()))
@@ -176,9 +173,12 @@ def _read_tensors(directory: str) -> Iterator[tuple[str, str, np.ndarray]]:
     path = os.path.join(directory, file_name)
     if not os.path.exists(path):
       raise CheckpointError(f"{directory}/{_INDEX_FILE} names {file_name}, which does not exist")
-    with safe_open(path, framework="flax") as f:
-      for name in f.keys():
-        yield file_name, name, f.get_tensor(name)
+    try:
+      with safe_open(path, framework="flax") as f:
+        for name in f.keys():
+          yield file_name, name, f.get_tensor(name)
+    except SafetensorError as error:
+      raise CheckpointError(f"{path}: not a readable safetensors file ({error}); is it truncated?") from None
 
 
 # ----------------------------------------------------------------------------------------------- load / save
@@ -197,8 +197,8 @@ def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str 
   config_path = os.path.join(directory, "config.json")
   if not os.path.exists(config_path):
     raise CheckpointError(f"{directory}: no config.json")
-  with open(config_path) as f:
-    cfg = config_from_hf(json.load(f), source=config_path, dtype=dtype, param_dtype=param_dtype).replace(**execution)
+  cfg = config_from_hf(read_json(config_path), source=config_path, dtype=dtype,
+                       param_dtype=param_dtype).replace(**execution)
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   expected = {path: var for path, var in nnx.to_flat_state(state)}
@@ -209,6 +209,9 @@ def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str 
       continue
     if name not in names:
       raise CheckpointError(f"{directory}/{file_name}: unexpected tensor {name!r} for model_type {cfg.model_type}")
+    if not np.issubdtype(tensor.dtype, np.floating) and tensor.dtype != jnp.bfloat16:
+      raise CheckpointError(f"{directory}/{file_name}: tensor {name!r} is {tensor.dtype}; weights must be floating "
+                            f"point (a quantised checkpoint needs dequantising first)")
     path = names[name]
     want = tuple(expected[path].shape)
     if tuple(tensor.shape) != want:
@@ -241,9 +244,9 @@ def save_pretrained(model: Decoder, directory: str, *, max_shard_bytes: int = 5 
       _atomic_save(shard, os.path.join(directory, file_name))
       weight_map.update({name: file_name for name in shard})
     total = sum(t.nbytes for t in tensors.values())
-    _atomic_write_text(os.path.join(directory, _INDEX_FILE),
-                       json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-  _atomic_write_text(os.path.join(directory, "config.json"), json.dumps(config_to_hf(cfg), indent=2))
+    write_text_atomic(os.path.join(directory, _INDEX_FILE),
+                      json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+  write_text_atomic(os.path.join(directory, "config.json"), json.dumps(config_to_hf(cfg), indent=2) + "\n")
 
 
 def _split_into_shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
@@ -268,7 +271,3 @@ def _atomic_save(tensors: dict[str, np.ndarray], path: str) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.write(text + "\n")
-  os.replace(path + ".tmp", path)

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from jaxpost.errors import JaxpostError
+
 ItemRewardFn = Callable[[str, str, str], float]  # (prompt, completion, answer) -> reward; must be picklable.
 START_METHODS = ("spawn", "forkserver")
 
@@ -128,7 +130,7 @@ class IsolatedReward:
         except (EOFError, OSError):  # The worker died (e.g. killed by the OS, or a crash in native code).
           w.process.join(timeout=1.0)
           if not w.ready:
-            raise RuntimeError(f"{self.name}: a reward worker died while starting (exit {w.process.exitcode})")
+            raise JaxpostError(f"{self.name}: a reward worker died while starting (exit {w.process.exitcode})")
           errors.append(f"worker died (exit {w.process.exitcode})")
           self._replace(w)
           continue
@@ -145,7 +147,7 @@ class IsolatedReward:
           timeouts += 1
           self._replace(w)
         elif not w.ready and now >= w.started + self._startup_timeout_s:
-          raise RuntimeError(f"{self.name}: a reward worker did not start within {self._startup_timeout_s}s")
+          raise JaxpostError(f"{self.name}: a reward worker did not start within {self._startup_timeout_s}s")
     self._report(len(prompts), timeouts, errors)
     return rewards_B
 

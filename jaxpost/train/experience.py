@@ -23,8 +23,8 @@ from jaxpost.data import PromptBatch
 from jaxpost.generate import SamplingConfig, generate, left_pad
 from jaxpost.losses import (PrefixRFTConfig, build_hybrid_completions, group_advantages, is_prefixed_rollout,
                             prefix_rft_advantages, sample_prefix_lengths)
-
-RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]  # (prompts, completions, answers)
+from jaxpost.rewards import RewardFn
+from jaxpost.rewards.guard import RewardGuard
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -138,9 +138,10 @@ def sample_rollouts(model, prompts: PromptBatch, rng: jax.Array, prefix_lens_N: 
 
 
 def make_experience(model, prompts: PromptBatch, rng: jax.Array, step: int, *, method: Method, cfg: RolloutConfig,
-                    reward_fn: RewardFn, decode: Callable[[list[int]], str],
-                    mesh: Mesh | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-  """The RL batch of one step (RL layout + `advantages` + `rewards`) and rollout statistics."""
+                    reward_fn: RewardFn, decode: Callable[[list[int]], str], mesh: Mesh | None = None,
+                    guard: RewardGuard = RewardGuard()) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """The RL batch of one step (RL layout + `advantages` + `rewards`) and rollout statistics. Rewards are computed
+  under `guard` (timeout; failed items get 0 and are counted in `reward/failed`)."""
   if method.needs_demonstrations and prompts.demo_ids is None:
     raise ValueError(f"{type(method).__name__} needs demonstrations: the prompt batch has no demo_ids")
   g = cfg.group_size
@@ -152,11 +153,11 @@ def make_experience(model, prompts: PromptBatch, rng: jax.Array, step: int, *, m
   lengths = batch["completion_mask"].sum(axis=1)
   texts = [decode(row[:n].tolist()) for row, n in zip(batch["completion_tokens"], lengths)]
   repeat = lambda items: [x for x in items for _ in range(g)]
-  rewards = np.asarray(reward_fn(repeat(prompts.prompts), texts, repeat(prompts.answers)), np.float32)
+  rewards, failed = guard(reward_fn, repeat(prompts.prompts), texts, repeat(prompts.answers))
   batch["advantages"] = method.advantages(rewards, batch["prefix_mask"], g).astype(np.float32)
   batch["rewards"] = rewards
   on_policy = batch["prefix_mask"].sum(axis=1) == 0
-  stats = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
+  stats = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()), "reward/failed": float(failed),
            "reward/on_policy_mean": float(rewards[on_policy].mean()) if on_policy.any() else float("nan"),
            "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
            "prefix/mean_length": float(batch["prefix_mask"].sum(axis=1)[~on_policy].mean()) if (~on_policy).any()

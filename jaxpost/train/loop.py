@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxpost.errors import JaxpostError
 from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer, abstract_state
 from jaxpost.train.mesh import MeshConfig, initialize_distributed, make_mesh
 from jaxpost.train.metrics import MetricsWriter
@@ -38,7 +39,7 @@ class DataIterator(Protocol):
     """Continue from a position returned by `get_state`."""
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(JaxpostError):
   """The loss or gradient norm became NaN or Inf."""
 
 

@@ -15,6 +15,8 @@ import jax
 import tensorboardX
 import tqdm
 
+from jaxpost.files import write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -36,9 +38,7 @@ def read_metrics(workdir: str) -> list[dict]:
 def _truncate_after(workdir: str, step: int) -> None:
   kept = [r for r in read_metrics(workdir) if r["step"] <= step]
   path = os.path.join(workdir, METRICS_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r) + "\n" for r in kept)
-  os.replace(path + ".tmp", path)
+  write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class MetricsWriter:

@@ -15,16 +15,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxpost.losses import completion_logps
-from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer
 from jaxpost.data import PromptBatch
-from jaxpost.train.experience import (Method, RewardFn, RolloutConfig, informative_groups, make_experience,
-                                     trim_completions)
+from jaxpost.losses import completion_logps
+from jaxpost.rewards import RewardFn
+from jaxpost.rewards.guard import RewardGuard
+from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer
+from jaxpost.train.experience import Method, RolloutConfig, informative_groups, make_experience, trim_completions
 from jaxpost.train.loop import check_finite, initial_state
 from jaxpost.train.mesh import MeshConfig, initialize_distributed, make_mesh
 from jaxpost.train.metrics import MetricsWriter
 from jaxpost.train.partition import DEFAULT_RULES, Rules, shard_batch, traced_on
-from jaxpost.train.state import OptimizerConfig
+from jaxpost.train.state import OptimizerConfig, init_params
 from jaxpost.train.step import LossFn, make_train_step
 
 # Host-side bookkeeping arrays of the experience that the loss does not read.
@@ -34,11 +35,14 @@ _NOT_FOR_LOSS = ("rewards",)
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RLConfig:
   """`total_steps` RL steps, each: one batch of prompts, G rollouts each, then `num_iterations` passes of
-  `num_minibatches` updates. `reference` keeps a frozen copy of the initial model for KL (`ref_logps`)."""
+  `num_minibatches` updates, each accumulated over `num_microbatches` (exact: losses fix their counts per
+  mini-batch). `reference` keeps a frozen copy of the initial model for KL (`ref_logps`), placed by the partition
+  rules like the policy. Rewards run under `reward_guard` (timeout, counted failures)."""
 
   total_steps: int
   num_iterations: int = 1
   num_minibatches: int = 1
+  num_microbatches: int = 1
   reference: bool = False
   informative_only: bool = False  # update only on groups with a nonzero advantage (needs no KL/entropy term)
   row_multiple: int = 64  # with informative_only: rows are padded to a multiple of this (few update shapes)
@@ -50,11 +54,14 @@ class RLConfig:
   optimizer: OptimizerConfig = OptimizerConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   progress: bool = True
+  reward_guard: RewardGuard = RewardGuard()
 
   def __post_init__(self):
-    if min(self.total_steps, self.num_iterations, self.num_minibatches) < 1 or self.eval_every < 0:
-      raise ValueError(f"RLConfig: total_steps, num_iterations, num_minibatches must be >= 1 and eval_every >= 0, "
-                       f"got {self.total_steps}, {self.num_iterations}, {self.num_minibatches}, {self.eval_every}")
+    if min(self.total_steps, self.num_iterations, self.num_minibatches, self.num_microbatches) < 1 or \
+        self.eval_every < 0:
+      raise ValueError(f"RLConfig: total_steps, num_iterations, num_minibatches, num_microbatches must be >= 1 and "
+                       f"eval_every >= 0, got {self.total_steps}, {self.num_iterations}, {self.num_minibatches}, "
+                       f"{self.num_microbatches}, {self.eval_every}")
     if self.trim_multiple < 0:
       raise ValueError(f"RLConfig.trim_multiple must be >= 0 (0: off), got {self.trim_multiple}")
     if self.informative_only and self.row_multiple % self.num_minibatches:
@@ -80,11 +87,12 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
   graphdef, state = initial_state(model_fn, optimizer=cfg.optimizer, seed=cfg.seed, mesh=mesh, rules=rules,
                                   checkpointer=checkpointer, data=prompts)
   step_fn = make_train_step(graphdef=graphdef, loss_fn=loss_fn, optimizer=cfg.optimizer, mesh=mesh,
-                            state_shardings=jax.tree.map(lambda x: x.sharding, state))
+                            state_shardings=jax.tree.map(lambda x: x.sharding, state),
+                            num_microbatches=cfg.num_microbatches)
   # Old-policy and reference log-probs at the rollout temperature, as the loss computes its own (TRL's convention).
   logps_fn = jax.jit(traced_on(mesh, lambda params, batch: completion_logps(
       nnx.merge(graphdef, params), batch, temperature=rollout.temperature or 1.0)[0]))
-  reference = nnx.state(model_fn(), nnx.Param) if cfg.reference else None
+  reference = init_params(model_fn, mesh=mesh, rules=rules)[1] if cfg.reference else None
   start = int(state.step) // cfg.updates_per_step
   writer = MetricsWriter(workdir, start_step=start, total_steps=cfg.total_steps, progress=cfg.progress)
   base_key = jax.random.key(cfg.seed)
@@ -96,9 +104,10 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
       clock = time.perf_counter()
       model = nnx.merge(graphdef, state.params)
       batch, stats = make_experience(model, prompt_batch, step_key, step, method=method, cfg=rollout,
-                                     reward_fn=reward_fn, decode=decode, mesh=mesh)
+                                     reward_fn=reward_fn, decode=decode, mesh=mesh, guard=cfg.reward_guard)
       rollout_s = time.perf_counter() - clock
       loss_batch = {k: v for k, v in batch.items() if k not in _NOT_FOR_LOSS}
+      loss_batch = with_generation_token_count(loss_batch)
       if cfg.trim_multiple:
         loss_batch = trim_completions(loss_batch, multiple=cfg.trim_multiple)
       if cfg.informative_only:
@@ -128,6 +137,13 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
     checkpointer.close()
     writer.close()
   return graphdef, state
+
+
+def with_generation_token_count(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`batch` with `num_loss_tokens`, its active completion tokens, by which dapo / cispo normalise every update
+  of this generation batch (TRL's convention); one copy per row, so that it survives every row split."""
+  mask_NxC = batch["completion_mask"]
+  return {**batch, "num_loss_tokens": np.full(len(mask_NxC), mask_NxC.sum(), np.float32)}
 
 
 def _update(state, batch: dict[str, np.ndarray], step_fn, cfg: RLConfig, mesh, rng: np.random.Generator):

@@ -1,10 +1,12 @@
 """One optimisation step: loss and gradients (accumulated over micro-batches), then the AdamW update.
 
-The loss interface is `loss_fn(model, batch, rng) -> (loss, metrics)`. A loss that is a mean over tokens should
-report its denominator as `metrics["loss_denominator"]` (e.g. the number of loss tokens in its batch): micro-batch
-results are then combined as sum_m(den_m * x_m) / sum_m(den_m) for the loss, the gradients and every metric
-(`loss_denominator` itself is summed), which reproduces the full-batch token mean exactly. Without a denominator
-the micro-batches are averaged with equal weights (exact for losses that are means over equal-sized examples).
+The loss interface is `loss_fn(model, batch, rng) -> (loss, metrics)`. The library's losses are counted
+(`jaxpost.losses.counts`): their normalisers are computed once from the whole batch's masks, each micro-batch
+gets its share, and the micro-batch results are averaged with equal weights, which is exact for the loss, the
+gradients and token-mean metrics, composed or not. Another loss that is a mean over tokens may report its
+denominator as `metrics["loss_denominator"]`: micro-batch results are then combined as
+sum_m(den_m * x_m) / sum_m(den_m) (`loss_denominator` itself is summed). Without either, the micro-batches are
+averaged with equal weights (exact for losses that are means over equal-sized examples).
 """
 
 import functools
@@ -16,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxpost.losses.counts import COUNTS, split_counts
 from jaxpost.train.partition import BATCH_AXES, batch_sharding, traced_on
 from jaxpost.train.state import OptimizerConfig, TrainState, make_optimizer, make_schedule, trainable_mask
 
@@ -53,17 +56,21 @@ def accumulate_gradients(params, batch: Batch, rng, *, graphdef, loss_fn: LossFn
   compute = functools.partial(_loss_and_grads, graphdef=graphdef, loss_fn=loss_fn)
   if num_microbatches == 1:
     return compute(params, batch, rng)
+  counts = split_counts(loss_fn.counts(batch), num_microbatches) if hasattr(loss_fn, "counts") else None
   micro = _split_microbatches(batch, num_microbatches, mesh)
 
   def body(acc, xs):
     microbatch, index = xs
+    if counts is not None:
+      microbatch = {**microbatch, COUNTS: counts}
     loss, metrics, grads = compute(params, microbatch, jax.random.fold_in(rng, index))
-    weight = metrics.get(DENOMINATOR, jnp.ones((), jnp.float32)).astype(jnp.float32)
+    one = jnp.ones((), jnp.float32)
+    weight = one if counts is not None else metrics.get(DENOMINATOR, one).astype(jnp.float32)
     weighted = jax.tree.map(lambda x: x * weight, (loss, metrics, grads))
     return jax.tree.map(jnp.add, acc, (weighted, weight)), None
 
   first = jax.tree.map(lambda x: x[0], micro)
-  out_shapes = jax.eval_shape(compute, params, first, rng)
+  out_shapes = jax.eval_shape(compute, params, first if counts is None else {**first, COUNTS: counts}, rng)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.result_type(s.dtype, jnp.float32)), out_shapes)
   init = (zeros, jnp.zeros((), jnp.float32))
   ((loss, metrics, grads), total), _ = jax.lax.scan(body, init, (micro, jnp.arange(num_microbatches)))

@@ -64,7 +64,7 @@ def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
 
   checkpointer = Checkpointer(str(tmp_path), CheckpointConfig(save_every=1, keep=3))
   assert checkpointer.steps() == [1, 2]
-  with pytest.warns(UserWarning, match=r"checkpoint .*/2 could not be restored"):
+  with pytest.warns(UserWarning, match=r"checkpoint .*/2 is unusable: it"):
     state, position = checkpointer.restore_latest(_target(mesh))
   assert int(state.step) == 1 and position == {"data": {"index": 1}}
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), state.params, _state(mesh, 1).params)
