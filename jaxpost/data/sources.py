@@ -13,6 +13,8 @@ import pathlib
 import warnings
 from typing import Any, Iterable, Iterator
 
+from jaxpost.errors import JaxpostError
+
 ON_ERROR = ("raise", "skip")
 
 
@@ -77,12 +79,18 @@ def _collect(rows: Iterable[tuple[str, Any]], fmt: RecordFormat, source: str) ->
   if skipped:
     warnings.warn(f"{source}: skipped {skipped} malformed records of {skipped + len(records)} (first: {first})",
                   stacklevel=3)
+  if not records:
+    raise JaxpostError(f"{source}: no records" + (f" (all {skipped} malformed; first: {first})" if skipped else ""))
   return records
 
 
 def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for lineno, raw_line in enumerate(f, start=1):
+      try:
+        line = raw_line.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise JaxpostError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
       if not line.strip():
         continue  # Blank lines hold no record.
       try:

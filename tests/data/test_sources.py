@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxpost.data import sources
+from jaxpost.errors import JaxpostError
 
 RECORDS = [{"question": f"{i}+{i}", "solution": f"={2 * i}", "final": 2 * i if i % 2 else str(2 * i)}
            for i in range(6)]
@@ -111,3 +112,13 @@ def test_record_format_validates():
     sources.RecordFormat(on_error="ignore")
   with pytest.raises(ValueError, match="cannot tell the format"):
     sources.load_records("data.csv")
+
+
+def test_a_file_that_is_not_utf8_or_holds_no_records_is_named(tmp_path):
+  path = tmp_path / "latin1.jsonl"
+  path.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n')
+  with pytest.raises(JaxpostError, match=r"latin1.jsonl:2: not UTF-8 text"):
+    sources.load_jsonl(path)
+  (tmp_path / "empty.jsonl").write_text("\n")
+  with pytest.raises(JaxpostError, match=r"empty.jsonl: no records$"):
+    sources.load_jsonl(tmp_path / "empty.jsonl")
