@@ -14,7 +14,7 @@ import ml_collections
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jaxpost import data, models, rewards  # noqa: E402
+from jaxpost import data, hosts, models, rewards  # noqa: E402
 from jaxpost.evaluate import task_evaluator  # noqa: E402
 from jaxpost.errors import JaxpostError  # noqa: E402
 from jaxpost.files import write_text_atomic  # noqa: E402
@@ -98,6 +98,8 @@ def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), workdir=workdir, cfg=cfg,
       evaluate=evaluator)
   export_hf(graphdef, state.params, os.path.join(workdir, "hf"))
+  if not hosts.is_main():  # process 0 writes the workdir's files and reports
+    return {}
   tokenizer.save_pretrained(os.path.join(workdir, "hf"))
   history = read_metrics(workdir)
   plot_rl_metrics(history, start_accuracy, os.path.join(workdir, f"{c.method}.png"), title=f"{c.method} on {c.task}")
@@ -111,9 +113,10 @@ def _start_accuracy(c, workdir: str, evaluator) -> float:
   """Held-out accuracy of the starting checkpoint, computed once and kept in the workdir (resumes reuse it)."""
   path = os.path.join(workdir, "start_accuracy.txt")
   if not os.path.exists(path):
-    accuracy = evaluator(models.from_pretrained(c.checkpoint))["accuracy"]
-    os.makedirs(workdir, exist_ok=True)
-    write_text_atomic(path, f"{accuracy!r}\n")  # atomic: a failed start never leaves a half-written file
+    accuracy = evaluator(models.from_pretrained(c.checkpoint))["accuracy"]  # every process: the same number
+    if hosts.is_main():
+      os.makedirs(workdir, exist_ok=True)
+      write_text_atomic(path, f"{accuracy!r}\n")  # atomic: a failed start never leaves a half-written file
     return accuracy
   with open(path, encoding="utf-8") as f:
     text = f.read()

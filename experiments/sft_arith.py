@@ -18,7 +18,7 @@ import dataclasses
 import ml_collections
 from flax import nnx
 
-from jaxpost import data, models
+from jaxpost import data, hosts, models
 from jaxpost.evaluate import task_evaluator
 from jaxpost.experiment import run_experiment
 from jaxpost.losses import make_sft_loss
@@ -77,6 +77,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   graphdef, state = train(model_fn=model_fn, loss_fn=make_sft_loss(),
                           data=iterator, workdir=workdir, cfg=train_cfg, evaluate=evaluator)
   export_hf(graphdef, state.params, f"{workdir}/hf")
+  if not hosts.is_main():  # process 0 writes the workdir's files and reports
+    return {}
   tokenizer.save_pretrained(f"{workdir}/hf")
   final = {k[len("eval/"):]: v for k, v in read_metrics(workdir)[-1].items() if k.startswith("eval/")}
   print(f"held-out exact match on {config.task}: {final['accuracy']:.1%} ({len(eval_records)} problems)")

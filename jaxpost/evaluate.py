@@ -16,6 +16,7 @@ import numpy as np
 from jaxpost import rewards
 from jaxpost.data import encode_prompt
 from jaxpost.generate import CacheFactory, SamplingConfig, generate, left_pad
+from jaxpost.hosts import to_host
 from jaxpost.models import DenseKVCache
 
 
@@ -39,7 +40,8 @@ class EvalConfig:
 def evaluate(model, tokenizer, records: Sequence[Mapping[str, str]], *, reward_fn, extract_answer: Callable,
              cfg: EvalConfig = EvalConfig(), cache_factory: CacheFactory = DenseKVCache.create,
              mesh=None) -> dict[str, float]:
-  """Accuracy (reward of the voted answer), mean completion length and the fraction stopped by EOS."""
+  """Accuracy (reward of the voted answer), mean completion length and the fraction stopped by EOS. On several
+  processes each one runs every record (the generated rows are gathered), so all return the same numbers."""
   sampling = SamplingConfig(completion_len=cfg.completion_len, temperature=cfg.temperature, n=cfg.samples,
                             stop_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id or 0)
   scores, lengths, stopped = [], [], []
@@ -49,13 +51,13 @@ def evaluate(model, tokenizer, records: Sequence[Mapping[str, str]], *, reward_f
     tokens, mask = left_pad([encode_prompt(tokenizer, r["prompt"]) for r in chunk], pad_id=sampling.pad_id)
     rollout = generate(model, tokens, mask, cfg=sampling, rng=jax.random.fold_in(key, start),
                        cache_factory=cache_factory, mesh=mesh)
-    n_tokens = np.asarray(rollout.lengths)
+    n_tokens = to_host(rollout.lengths)
     texts = [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
-             for row, n in zip(np.asarray(rollout.completion_tokens), n_tokens)]
+             for row, n in zip(to_host(rollout.completion_tokens), n_tokens)]
     voted = [_majority(texts[i * cfg.samples:(i + 1) * cfg.samples], extract_answer) for i in range(len(chunk))]
     scores.extend(reward_fn([r["prompt"] for r in chunk], voted, [r["answer"] for r in chunk]).tolist())
     lengths.extend(n_tokens.tolist())
-    stopped.extend(np.asarray(rollout.stopped).tolist())
+    stopped.extend(to_host(rollout.stopped).tolist())
   return {"accuracy": float(np.mean(scores)), "mean_length": float(np.mean(lengths)),
           "stopped_fraction": float(np.mean(stopped))}
 

@@ -23,7 +23,7 @@ import ml_collections
 
 from jaxpost.errors import ANTICIPATED, one_line
 from jaxpost.files import read_json, write_text_atomic
-from jaxpost.train.mesh import initialize_distributed
+from jaxpost.train.distributed import DistributedConfig, initialize_distributed
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -144,7 +144,8 @@ def run_experiment(get_config: Callable[[], ml_collections.ConfigDict],
   """Parses the command line (default `sys.argv[1:]`), records the config and calls `main(config, workdir)`.
 
   Every experiment takes `--config.restart=true`, which moves the workdir's contents aside (see `restart_aside`)
-  and starts over. A bad command line exits with a one-line error on stderr (status 2); so does an anticipated
+  and starts over, and `--config.distributed.{coordinator,num_processes,process_id}` for a multi-process launch
+  (see `jaxpost.train.distributed`). A bad command line exits with a one-line error on stderr (status 2); so does an anticipated
   failure in `main` (a refused value or file, a non-finite loss, a missing or unwritable file: status 1), unless
   JAXPOST_TRACEBACK=1 asks for the traceback. A failed run leaves a workdir's existing files as they were; a new
   workdir it created keeps no config.json unless a checkpoint was written.
@@ -152,16 +153,17 @@ def run_experiment(get_config: Callable[[], ml_collections.ConfigDict],
   config = get_config()
   with config.unlocked():
     config.restart = False
+    config.distributed = ml_collections.ConfigDict(dict(coordinator=None, num_processes=None, process_id=None))
   try:
     workdir = parse_args(sys.argv[1:] if argv is None else argv, config)
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr)
     raise SystemExit(2) from None
-  restart = config.restart
+  restart, distributed = config.restart, config.distributed.to_dict()
   with config.unlocked():
-    del config["restart"]
+    del config["restart"], config["distributed"]
   try:
-    initialize_distributed()
+    initialize_distributed(DistributedConfig(**distributed))
     created, write_config_after = _start(config, workdir, restart) if jax.process_index() == 0 else (False, False)
     try:
       result = main(config, workdir)

@@ -1,18 +1,21 @@
 """Deterministic, host-sharded, resumable iteration over examples.
 
-Epoch e visits the items in the order of a permutation drawn from (seed, e); host h of n takes every n-th item of
-it, so hosts see disjoint shards. Batches are `batch_size` consecutive units (single items, or packed rows of
-several items), the remainder is dropped so shapes stay static, and every host yields the same number of batches.
-The position is `{"epoch", "index"}` (index = batches already yielded in the epoch): saving it with a checkpoint
-and calling `set_state` on a fresh iterator reproduces the remaining batches exactly.
+Epoch e visits the items in the order of a permutation drawn from (seed, e). Global batch k is the k-th run of
+`batch_size` consecutive units (single items, or packed rows of several items); the remainder is dropped so shapes
+stay static. Process h of n builds only rows [h * b, (h + 1) * b) of it, b = batch_size / n, so processes read
+disjoint shares and the global batch is the same for any number of processes (a run on 1 or 16 hosts trains on the
+same data). The position is `{"epoch", "index"}` (index = batches already yielded in the epoch): saving it with a
+checkpoint and calling `set_state` on a fresh iterator reproduces the remaining batches exactly.
 """
 
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from jaxpost.data import batching
+from jaxpost.errors import JaxpostError
 from jaxpost.data.tokenize import TokenizedExample, check_unknown, encode_completion, encode_prompt
 
 Units = list[list[int]]  # Each unit is a list of item indices: one item, or the items packed into one row.
@@ -24,7 +27,7 @@ def _singletons(items: list[int]) -> Units:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IteratorConfig:
-  """Batch size per host (in rows), shuffling seed, and the number of epochs (None: repeat forever)."""
+  """Global batch size (in rows, over all processes), shuffling seed, and the number of epochs (None: forever)."""
 
   batch_size: int
   seed: int = 0
@@ -42,30 +45,36 @@ class DataIterator:
   """Yields `make_batch(units)` for successive groups of `batch_size` units; see the module docstring."""
 
   def __init__(self, num_items: int, make_batch: Callable[[Units], Any], cfg: IteratorConfig, *,
-               process_index: int = 0, process_count: int = 1,
+               process_index: int | None = None, process_count: int | None = None,
                group: Callable[[list[int]], Units] | None = None):
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
+    if cfg.batch_size % process_count:
+      raise JaxpostError(f"batch_size {cfg.batch_size} (the global batch) does not split over {process_count} "
+                         f"processes; make it a multiple of {process_count}")
     self._num_items, self._make_batch, self._group = num_items, make_batch, group
     self._cfg = cfg
-    self._process_index, self._process_count = process_index, process_count
+    self._process_index, self._rows = process_index, cfg.batch_size // process_count
     self._epoch, self._index = 0, 0
     self._cached_epoch, self._units = -1, []
     if not self._epoch_units(0):
-      raise ValueError(f"{num_items} items over {process_count} hosts do not fill one batch of {cfg.batch_size}")
+      raise JaxpostError(f"{num_items} items do not fill one batch of {cfg.batch_size}")
+
+  @property
+  def host_batch_size(self) -> int:
+    """Rows this process builds per batch: batch_size / process_count."""
+    return self._rows
 
   def _epoch_units(self, epoch: int) -> Units:
-    """This host's units for `epoch`, truncated so all hosts yield equally many whole batches."""
+    """All units of `epoch` (every process computes the same), truncated to whole global batches."""
     if epoch != self._cached_epoch:
       order = np.arange(self._num_items)
       if self._cfg.shuffle:
         order = np.random.default_rng([self._cfg.seed, epoch]).permutation(self._num_items)
-      per_host = self._num_items // self._process_count
-      shards = [order[h::self._process_count][:per_host].tolist() for h in range(self._process_count)]
-      group = self._group or _singletons
-      n_units = min(len(group(s)) for s in shards)
-      units = group(shards[self._process_index])
-      self._units = units[: n_units - n_units % self._cfg.batch_size]
+      units = (self._group or _singletons)(order.tolist())
+      self._units = units[: len(units) - len(units) % self._cfg.batch_size]
       self._cached_epoch = epoch
     return self._units
 
@@ -79,9 +88,9 @@ class DataIterator:
       units = self._epoch_units(self._epoch)
     if self._cfg.num_epochs is not None and self._epoch >= self._cfg.num_epochs:
       raise StopIteration
-    start = self._index * self._cfg.batch_size
+    start = self._index * self._cfg.batch_size + self._process_index * self._rows
     self._index += 1
-    return self._make_batch(units[start:start + self._cfg.batch_size])
+    return self._make_batch(units[start:start + self._rows])
 
   def get_state(self) -> dict[str, int]:
     """The position, JSON-serialisable, for checkpoints."""
@@ -95,8 +104,8 @@ class DataIterator:
 
 
 def sft_iterator(examples: Sequence[TokenizedExample], cfg: IteratorConfig, *, seq_len: int, pack: bool = False,
-                 pad_id: int = 0, truncate: bool = False, process_index: int = 0,
-                 process_count: int = 1) -> DataIterator:
+                 pad_id: int = 0, truncate: bool = False, process_index: int | None = None,
+                 process_count: int | None = None) -> DataIterator:
   """SFT batches (see `batching`): `batch_size` rows of `seq_len` tokens, one example per row or packed."""
 
   def group(items: list[int]) -> Units:
@@ -123,7 +132,7 @@ class PromptBatch:
 
 
 def prompt_iterator(records: Sequence[Mapping[str, str]], tokenizer: Any, cfg: IteratorConfig, *,
-                    process_index: int = 0, process_count: int = 1) -> DataIterator:
+                    process_index: int | None = None, process_count: int | None = None) -> DataIterator:
   """RL prompt batches (`PromptBatch`); records need "prompt" and "answer", and "completion" for demonstrations."""
   prompts = [encode_prompt(tokenizer, r["prompt"]) for r in records]
   has_demos = bool(records) and all("completion" in r for r in records)

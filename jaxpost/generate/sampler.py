@@ -42,8 +42,6 @@ def generate(model: Decoder, prompt_tokens: jax.Array, prompt_mask: jax.Array, *
   """
   _check_prompts(prompt_tokens, prompt_mask)
   b = prompt_tokens.shape[0]
-  warn_past_positions(model.cfg, prompt_tokens.shape[1] + cfg.completion_len,
-                      "generate: prompt width + completion_len")
   limit_B = _limits(cfg.completion_len if max_new_tokens is None else max_new_tokens, b, cfg.completion_len)
   if rng is None:
     if not cfg.greedy:
@@ -53,6 +51,8 @@ def generate(model: Decoder, prompt_tokens: jax.Array, prompt_mask: jax.Array, *
     rng = jax.random.wrap_key_data(rng)
   if rng.shape not in ((), (b,)):
     raise ValueError(f"generate: rng must be one key or {b} keys (one per prompt), got key shape {rng.shape}")
+  warn_past_positions(model.cfg, prompt_tokens.shape[1] + cfg.completion_len,
+                      "generate: prompt width + completion_len")
   # The model goes in as a pytree (its arrays the leaves): several ms a call cheaper than nnx.split / merge.
   return _generate(model, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), rng, limit_B,
                    cfg=cfg, cache_factory=cache_factory, mesh=mesh)
@@ -60,7 +60,8 @@ def generate(model: Decoder, prompt_tokens: jax.Array, prompt_mask: jax.Array, *
 
 def _limits(max_new_tokens, b: int, capacity: int):
   """max_new_tokens as [B] int32 (one signature for scalars and per-prompt limits), range-checked if concrete."""
-  if isinstance(max_new_tokens, jax.core.Tracer):
+  if isinstance(max_new_tokens, jax.core.Tracer) or (isinstance(max_new_tokens, jax.Array) and
+                                                       not max_new_tokens.is_fully_addressable):
     return jnp.broadcast_to(max_new_tokens, (b,)).astype(jnp.int32)
   limit = np.asarray(max_new_tokens, np.int32)
   if limit.shape not in ((), (b,)) or limit.min() < 0 or limit.max() > capacity:

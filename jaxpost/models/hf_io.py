@@ -16,6 +16,7 @@ from safetensors.numpy import save_file
 
 from jaxpost.errors import CheckpointError
 from jaxpost.files import read_json, write_text_atomic
+from jaxpost.hosts import is_main, sync, to_host
 from jaxpost.models.config import EXECUTION_FIELDS, MODEL_TYPES, ModelConfig, RopeScaling
 from jaxpost.models.decoder import Decoder
 from jaxpost.models.dms import DMSConfig
@@ -227,13 +228,18 @@ def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str 
 
 
 def save_pretrained(model: Decoder, directory: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes `config.json` and safetensors (sharded with an index above `max_shard_bytes`)."""
-  os.makedirs(directory, exist_ok=True)
+  """Writes `config.json` and safetensors (sharded with an index above `max_shard_bytes`). On a multi-host run
+  every process must call it: the parameters are gathered from all hosts, process 0 writes, the others wait."""
   cfg = model.cfg
   flat = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-  tensors = {}
-  for name, path in tensor_map(cfg).items():
-    tensors[name] = np.ascontiguousarray(jax.device_get(flat[path]))
+  tensors = {name: np.ascontiguousarray(to_host(flat[path])) for name, path in tensor_map(cfg).items()}
+  if is_main():
+    _write_checkpoint(cfg, tensors, directory, max_shard_bytes)
+  sync(f"jaxpost save_pretrained {directory}")
+
+
+def _write_checkpoint(cfg: ModelConfig, tensors: dict[str, np.ndarray], directory: str, max_shard_bytes: int):
+  os.makedirs(directory, exist_ok=True)
   shards = _split_into_shards(tensors, max_shard_bytes)
   if len(shards) == 1:
     _atomic_save(shards[0], os.path.join(directory, "model.safetensors"))

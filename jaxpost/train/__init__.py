@@ -5,7 +5,8 @@ from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer, abstract_st
 from jaxpost.train.experience import (GRPOMethod, LUFFYMethod, Method, PrefixRFTMethod, RolloutConfig,
                                       make_experience, sample_rollouts)
 from jaxpost.train.loop import DataIterator, NonFiniteLossError, TrainConfig, check_finite, initial_state, train
-from jaxpost.train.mesh import MESH_AXES, MeshConfig, initialize_distributed, make_mesh
+from jaxpost.train.distributed import DistributedConfig, initialize_distributed
+from jaxpost.train.mesh import MESH_AXES, MeshConfig, make_mesh
 from jaxpost.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from jaxpost.train.partition import (BATCH_AXES, DEFAULT_RULES, Rules, batch_sharding, param_shardings, path_str,
                                      shard_batch, spec_for)
@@ -15,7 +16,8 @@ from jaxpost.train.state import (OptimizerConfig, TrainState, create_train_state
 from jaxpost.train.step import DENOMINATOR, LossFn, accumulate_gradients, make_train_step, train_step
 
 __all__ = [
-    "BATCH_AXES", "CheckpointConfig", "Checkpointer", "DEFAULT_RULES", "DENOMINATOR", "DataIterator", "GRPOMethod",
+    "BATCH_AXES", "CheckpointConfig", "Checkpointer", "DEFAULT_RULES", "DENOMINATOR", "DataIterator", "DistributedConfig",
+    "GRPOMethod",
     "LUFFYMethod", "LossFn", "MESH_AXES", "METRICS_FILE", "MeshConfig", "Method", "MetricsWriter",
     "NonFiniteLossError", "OptimizerConfig", "PrefixRFTMethod", "RLConfig", "RolloutConfig", "Rules", "TrainConfig",
     "TrainState", "abstract_state", "accumulate_gradients", "batch_sharding", "check_finite", "create_train_state",

@@ -19,12 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxpost import hosts
 from jaxpost.data import PromptBatch
 from jaxpost.generate import SamplingConfig, generate, left_pad
 from jaxpost.losses import (PrefixRFTConfig, build_hybrid_completions, group_advantages, is_prefixed_rollout,
                             prefix_rft_advantages, sample_prefix_lengths)
 from jaxpost.rewards import RewardFn
 from jaxpost.rewards.guard import RewardGuard
+from jaxpost.train.partition import batch_sharding
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -116,23 +118,30 @@ def sample_rollouts(model, prompts: PromptBatch, rng: jax.Array, prefix_lens_N: 
   """G rollouts per prompt; row n continues prompt ++ demo[:prefix_lens_N[n]] for at most C - prefix tokens
   (none when the prefix already ends with a stop id, i.e. is a whole demonstration).
 
-  Returns the RL layout with the original prompt, completion = prefix ++ continuation, and `prefix_mask`.
+  Returns the RL layout with the original prompt, completion = prefix ++ continuation, and `prefix_mask`. On
+  several processes `prompts` are this process's share: the rows are generated as one global batch on `mesh` and
+  each process gets back its own rows (padded widths agree across processes).
   """
   g, c = cfg.group_size, cfg.completion_len
   rows = [i for i in range(len(prompts.prompt_ids)) for _ in range(g)]
   demos = [list(prompts.demo_ids[i])[:c] for i in rows] if prompts.demo_ids is not None else [[] for _ in rows]
   prefix_lens_N = np.minimum(prefix_lens_N, [len(d) for d in demos]).astype(np.int32)
   starts = [list(prompts.prompt_ids[i]) + demos[n][:prefix_lens_N[n]] for n, i in enumerate(rows)]
-  start_tokens, start_mask = left_pad(starts, length=cfg.padded_length(max(map(len, starts))), pad_id=cfg.pad_id)
+  start_width = cfg.padded_length(hosts.global_max(max(map(len, starts))))
+  start_tokens, start_mask = left_pad(starts, length=start_width, pad_id=cfg.pad_id)
   finished = np.asarray([n > 0 and d[n - 1] in cfg.stop_ids for d, n in zip(demos, prefix_lens_N)])
   room = np.where(finished, 0, c - prefix_lens_N).astype(np.int32)  # a whole demonstration is not continued
+  if jax.process_count() > 1:  # this process's rows of one global batch
+    start_tokens, start_mask, room = (jax.make_array_from_process_local_data(batch_sharding(mesh), x)
+                                      for x in (start_tokens, start_mask, room))
   rollout = generate(model, start_tokens, start_mask, cfg=cfg.sampling(), rng=rng, max_new_tokens=room, mesh=mesh)
   demo_tokens, _ = _right_pad(demos, width=max(1, int(prefix_lens_N.max())), pad_id=cfg.pad_id)
-  hybrid = build_hybrid_completions(jnp.asarray(demo_tokens), jnp.asarray(prefix_lens_N), rollout.completion_tokens,
-                                    rollout.completion_mask, width=c, pad_id=cfg.pad_id)
+  hybrid = build_hybrid_completions(jnp.asarray(demo_tokens), jnp.asarray(prefix_lens_N),
+                                    hosts.local_rows(rollout.completion_tokens),
+                                    hosts.local_rows(rollout.completion_mask), width=c, pad_id=cfg.pad_id)
   originals = [prompts.prompt_ids[i] for i in rows]
-  prompt_tokens, prompt_mask = left_pad(originals, length=cfg.padded_length(max(map(len, originals))),
-                                        pad_id=cfg.pad_id)
+  prompt_width = cfg.padded_length(hosts.global_max(max(map(len, originals))))
+  prompt_tokens, prompt_mask = left_pad(originals, length=prompt_width, pad_id=cfg.pad_id)
   return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
           **{k: np.asarray(v) for k, v in hybrid.items()}}
 
@@ -140,14 +149,16 @@ def sample_rollouts(model, prompts: PromptBatch, rng: jax.Array, prefix_lens_N: 
 def make_experience(model, prompts: PromptBatch, rng: jax.Array, step: int, *, method: Method, cfg: RolloutConfig,
                     reward_fn: RewardFn, decode: Callable[[list[int]], str], mesh: Mesh | None = None,
                     guard: RewardGuard = RewardGuard()) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-  """The RL batch of one step (RL layout + `advantages` + `rewards`) and rollout statistics. Rewards are computed
-  under `guard` (timeout; failed items get 0 and are counted in `reward/failed`)."""
+  """The RL batch of one step (RL layout + `advantages` + `rewards`) and rollout statistics (over all
+  processes). Each process scores its own rows under `guard` (timeout; failed items get 0 and are counted in
+  `reward/failed`); its rows hold whole groups, so advantages need no other host."""
   if method.needs_demonstrations and prompts.demo_ids is None:
     raise ValueError(f"{type(method).__name__} needs demonstrations: the prompt batch has no demo_ids")
   g = cfg.group_size
   prefix_rng, sample_rng = jax.random.split(rng)
   demo_lens = [len(prompts.demo_ids[i]) if prompts.demo_ids is not None else 0
                for i in range(len(prompts.prompt_ids)) for _ in range(g)]
+  prefix_rng = jax.random.fold_in(prefix_rng, jax.process_index())  # processes draw for different rows
   prefix_lens = method.prefix_lengths(prefix_rng, np.asarray(demo_lens, np.int32), step, g)
   batch = sample_rollouts(model, prompts, sample_rng, prefix_lens, cfg=cfg, mesh=mesh)
   lengths = batch["completion_mask"].sum(axis=1)
@@ -156,13 +167,24 @@ def make_experience(model, prompts: PromptBatch, rng: jax.Array, step: int, *, m
   rewards, failed = guard(reward_fn, repeat(prompts.prompts), texts, repeat(prompts.answers))
   batch["advantages"] = method.advantages(rewards, batch["prefix_mask"], g).astype(np.float32)
   batch["rewards"] = rewards
-  on_policy = batch["prefix_mask"].sum(axis=1) == 0
-  stats = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()), "reward/failed": float(failed),
-           "reward/on_policy_mean": float(rewards[on_policy].mean()) if on_policy.any() else float("nan"),
-           "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
-           "prefix/mean_length": float(batch["prefix_mask"].sum(axis=1)[~on_policy].mean()) if (~on_policy).any()
-           else 0.0}
-  return batch, stats
+  return batch, rollout_stats(rewards, lengths, batch["prefix_mask"].sum(axis=1), failed)
+
+
+def rollout_stats(rewards_N: np.ndarray, lengths_N: np.ndarray, prefix_lens_N: np.ndarray,
+                  failed: int) -> dict[str, float]:
+  """Reward, length and prefix statistics of one generation batch, over the rows of every process."""
+  on_policy = prefix_lens_N == 0
+  sums = hosts.global_sum(np.asarray([
+      len(rewards_N), rewards_N.sum(), np.square(rewards_N).sum(), on_policy.sum(), rewards_N[on_policy].sum(),
+      lengths_N.sum(), (~on_policy).sum(), prefix_lens_N[~on_policy].sum(), failed], np.float64))
+  rows, reward, reward_sq, n_on, reward_on, length, n_prefixed, prefix, failed_all = sums
+  mean = reward / rows
+  return {"reward/mean": float(mean), "reward/std": float(np.sqrt(max(reward_sq / rows - mean ** 2, 0.0))),
+          "reward/failed": float(failed_all),
+          "reward/on_policy_mean": float(reward_on / n_on) if n_on else float("nan"),
+          "response_length/mean": float(length / rows),
+          "response_length/max": float(hosts.global_max(int(lengths_N.max()))),
+          "prefix/mean_length": float(prefix / n_prefixed) if n_prefixed else 0.0}
 
 
 def informative_groups(batch: dict[str, np.ndarray], group_size: int, *, row_multiple: int
@@ -179,13 +201,14 @@ def informative_groups(batch: dict[str, np.ndarray], group_size: int, *, row_mul
   keep_G = advantages_GxR.max(axis=1) > 0
   keep_N = np.repeat(keep_G, group_size)
   kept = int(keep_N.sum())
-  padded = max(row_multiple, _round_up(kept, row_multiple))
+  padded = max(row_multiple, _round_up(hosts.global_max(kept), row_multiple))  # equal on every process
   index_N = np.concatenate([np.flatnonzero(keep_N), np.zeros(padded - kept, np.int64)])
   out = {k: np.asarray(v)[index_N] for k, v in batch.items()}
   for key in ("completion_mask", "prefix_mask", "advantages"):
     if key in out:
       out[key][kept:] = 0
-  return out, float(keep_G.mean())
+  kept_groups, groups = hosts.global_sum(np.asarray([keep_G.sum(), len(keep_G)]))
+  return out, float(kept_groups / groups)
 
 
 def trim_completions(batch: dict[str, np.ndarray], *, multiple: int) -> dict[str, np.ndarray]:
@@ -197,7 +220,7 @@ def trim_completions(batch: dict[str, np.ndarray], *, multiple: int) -> dict[str
   """
   mask_NxC = batch["completion_mask"]
   width = mask_NxC.shape[1]
-  longest = int(np.max(np.flatnonzero(mask_NxC.any(axis=0)), initial=-1)) + 1
+  longest = hosts.global_max(int(np.max(np.flatnonzero(mask_NxC.any(axis=0)), initial=-1)) + 1)
   keep = min(width, max(multiple, _round_up(longest, multiple)))
   return {k: v[:, :keep] if v.ndim == 2 and v.shape == mask_NxC.shape else v for k, v in batch.items()}
 

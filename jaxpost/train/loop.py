@@ -20,7 +20,8 @@ from jax.sharding import Mesh
 
 from jaxpost.errors import JaxpostError
 from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer, abstract_state
-from jaxpost.train.mesh import MeshConfig, initialize_distributed, make_mesh
+from jaxpost.train.distributed import initialize_distributed
+from jaxpost.train.mesh import MeshConfig, make_mesh
 from jaxpost.train.metrics import MetricsWriter
 from jaxpost.train.partition import DEFAULT_RULES, Rules, param_shardings, shard_batch
 from jaxpost.train.state import OptimizerConfig, TrainState, create_train_state, split_model, train_state_shardings
@@ -82,9 +83,14 @@ def initial_state(model_fn: Callable[[], nnx.Module], *, optimizer: OptimizerCon
     if jax.process_index() == 0:
       print(f"resuming from step {int(state.step)} of {checkpointer.directory}", file=sys.stderr)
     return graphdef, state
+  return graphdef, create_train_state(placed_params(model_fn, mesh, rules), optimizer=optimizer, mesh=mesh,
+                                      rules=rules, seed=seed)
+
+
+def placed_params(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules: Rules) -> nnx.State:
+  """The params of `model_fn()` placed by `rules` (built on the default device first, then sharded)."""
   _, params = split_model(model_fn())
-  params = jax.device_put(params, param_shardings(params, mesh, rules))
-  return graphdef, create_train_state(params, optimizer=optimizer, mesh=mesh, rules=rules, seed=seed)
+  return jax.device_put(params, param_shardings(params, mesh, rules))
 
 
 def check_finite(metrics: dict[str, float], step: int, checkpointer: Checkpointer) -> None:

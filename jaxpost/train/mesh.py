@@ -1,16 +1,7 @@
-"""The device mesh: axes ("data", "fsdp", "tensor") sized from a config, and multi-host start-up.
-
-Multi-host runs (a TPU pod slice, several GPU machines) start one identical process per host;
-`initialize_distributed()` connects them before any device is touched. On a TPU pod, run the same command on every
-worker (`gcloud compute tpus tpu-vm ssh NAME --worker=all --command="python -m experiments.X --workdir gs://..."`):
-JAX detects the pod by itself. On GPU clusters run one process per host under SLURM or Open MPI (detected), or set
-JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID on each. One multi-GPU machine needs nothing: a single
-process sees all its GPUs.
-"""
+"""The device mesh: axes ("data", "fsdp", "tensor") sized from a config (multi-host start-up: `distributed.py`)."""
 
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 
 import jax
@@ -18,13 +9,6 @@ import numpy as np
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "tensor")
-
-# Environment variables whose presence (with more than one process) marks a multi-process launch.
-_MULTI_PROCESS_ENV = {
-    "JAX_NUM_PROCESSES": "JAX_NUM_PROCESSES",
-    "SLURM": "SLURM_NTASKS",
-    "Open MPI": "OMPI_COMM_WORLD_SIZE",
-}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,26 +48,3 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     # Topology-aware order: `tensor` (the innermost axis) lands on the best-connected devices.
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-
-
-def _multi_process_launcher() -> str | None:
-  """The name of the launcher that started this process as one of several, or None for a single process."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    return "JAX_COORDINATOR_ADDRESS"
-  for launcher, variable in _MULTI_PROCESS_ENV.items():
-    if int(os.environ.get(variable, "1")) > 1:
-      return launcher
-  if len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
-    return "TPU pod"
-  return None
-
-
-def initialize_distributed() -> bool:
-  """Calls `jax.distributed.initialize()` once when this is a multi-process launch; returns whether it did.
-
-  Must run before any other JAX call that touches devices. Single-process runs are left alone.
-  """
-  if jax.distributed.is_initialized() or _multi_process_launcher() is None:
-    return False
-  jax.distributed.initialize()
-  return True

@@ -15,17 +15,19 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxpost import hosts
 from jaxpost.data import PromptBatch
 from jaxpost.losses import completion_logps
 from jaxpost.rewards import RewardFn
 from jaxpost.rewards.guard import RewardGuard
 from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer
 from jaxpost.train.experience import Method, RolloutConfig, informative_groups, make_experience, trim_completions
-from jaxpost.train.loop import check_finite, initial_state
-from jaxpost.train.mesh import MeshConfig, initialize_distributed, make_mesh
+from jaxpost.train.loop import check_finite, initial_state, placed_params
+from jaxpost.train.distributed import initialize_distributed
+from jaxpost.train.mesh import MeshConfig, make_mesh
 from jaxpost.train.metrics import MetricsWriter
 from jaxpost.train.partition import DEFAULT_RULES, Rules, shard_batch, traced_on
-from jaxpost.train.state import OptimizerConfig, init_params
+from jaxpost.train.state import OptimizerConfig
 from jaxpost.train.step import LossFn, make_train_step
 
 # Host-side bookkeeping arrays of the experience that the loss does not read.
@@ -92,7 +94,7 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
   # Old-policy and reference log-probs at the rollout temperature, as the loss computes its own (TRL's convention).
   logps_fn = jax.jit(traced_on(mesh, lambda params, batch: completion_logps(
       nnx.merge(graphdef, params), batch, temperature=rollout.temperature or 1.0)[0]))
-  reference = init_params(model_fn, mesh=mesh, rules=rules)[1] if cfg.reference else None
+  reference = placed_params(model_fn, mesh, rules) if cfg.reference else None  # sharded like the policy
   start = int(state.step) // cfg.updates_per_step
   writer = MetricsWriter(workdir, start_step=start, total_steps=cfg.total_steps, progress=cfg.progress)
   base_key = jax.random.key(cfg.seed)
@@ -116,9 +118,9 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
       if cfg.updates_per_step > 1 or reference is not None:
         rollouts_on_mesh = shard_batch(loss_batch, mesh)
         if cfg.updates_per_step > 1:  # later updates are off-policy: ratios need the rollout policy's log-probs
-          loss_batch["old_logps"] = logps_fn(state.params, rollouts_on_mesh)
+          loss_batch["old_logps"] = hosts.local_rows(logps_fn(state.params, rollouts_on_mesh))
         if reference is not None:
-          loss_batch["ref_logps"] = logps_fn(reference, rollouts_on_mesh)
+          loss_batch["ref_logps"] = hosts.local_rows(logps_fn(reference, rollouts_on_mesh))
       clock = time.perf_counter()
       state, update_metrics = _update(state, loss_batch, step_fn, cfg, mesh, np.random.default_rng([cfg.seed, step]))
       update_s = time.perf_counter() - clock
@@ -140,10 +142,10 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
 
 
 def with_generation_token_count(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """`batch` with `num_loss_tokens`, its active completion tokens, by which dapo / cispo normalise every update
-  of this generation batch (TRL's convention); one copy per row, so that it survives every row split."""
+  """`batch` with `num_loss_tokens`, its active completion tokens (over all processes), by which dapo / cispo
+  normalise every update of this generation batch (TRL's convention); one copy per row, so it survives row splits."""
   mask_NxC = batch["completion_mask"]
-  return {**batch, "num_loss_tokens": np.full(len(mask_NxC), mask_NxC.sum(), np.float32)}
+  return {**batch, "num_loss_tokens": np.full(len(mask_NxC), hosts.global_sum(mask_NxC.sum()), np.float32)}
 
 
 def _update(state, batch: dict[str, np.ndarray], step_fn, cfg: RLConfig, mesh, rng: np.random.Generator):

@@ -8,6 +8,7 @@ import pytest
 
 from jaxpost.data import arith, char_tokenizer, iterator
 from jaxpost.data.tokenize import TokenizedExample
+from jaxpost.errors import JaxpostError
 
 
 def _examples(n, seed=0):
@@ -46,22 +47,30 @@ def test_unshuffled_drops_the_remainder():
 
 
 @pytest.mark.parametrize("pack", [False, True])
-def test_hosts_get_disjoint_shards_and_equal_batch_counts(pack):
+def test_processes_read_disjoint_shares_of_the_same_global_batches(pack):
   examples = _examples(41, seed=3)
-  cfg = iterator.IteratorConfig(batch_size=2, seed=1, num_epochs=1)
-  per_host = [list(iterator.sft_iterator(examples, cfg, seq_len=16, pack=pack, process_index=h, process_count=3))
-              for h in range(3)]
-  assert len({len(b) for b in per_host}) == 1
-  seen = [set(i for b in batches for i in _ids(b)) for batches in per_host]
+  cfg = iterator.IteratorConfig(batch_size=6, seed=1, num_epochs=1)
+  whole = list(iterator.sft_iterator(examples, cfg, seq_len=16, pack=pack, process_index=0, process_count=1))
+  per_process = [list(iterator.sft_iterator(examples, cfg, seq_len=16, pack=pack, process_index=h,
+                                            process_count=3)) for h in range(3)]
+  assert {len(b) for b in per_process} == {len(whole)}
+  seen = [set(i for b in batches for i in _ids(b)) for batches in per_process]
   assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
-  if not pack:
-    assert sum(len(s) for s in seen) == 3 * (13 // 2 * 2)
+  for k, global_batch in enumerate(whole):  # the shares, in process order, are the one-process batch
+    for key in global_batch:
+      np.testing.assert_array_equal(np.concatenate([p[k][key] for p in per_process]), global_batch[key])
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused():
+  with pytest.raises(JaxpostError, match=r"batch_size 5 \(the global batch\) does not split over 2 processes"):
+    iterator.sft_iterator(_examples(10), iterator.IteratorConfig(batch_size=5), seq_len=8, process_index=0,
+                          process_count=2)
 
 
 @pytest.mark.parametrize("pack", [False, True])
 def test_restore_gives_the_same_following_batches(pack):
   examples = _examples(30, seed=5)
-  cfg = iterator.IteratorConfig(batch_size=3, seed=11)
+  cfg = iterator.IteratorConfig(batch_size=6, seed=11)
 
   def make():
     return iterator.sft_iterator(examples, cfg, seq_len=12, pack=pack, process_index=1, process_count=2)
@@ -103,7 +112,7 @@ def test_bad_config():
   with pytest.raises(ValueError, match="batch_size"):
     iterator.IteratorConfig(batch_size=0)
   with pytest.raises(ValueError, match="process_index 2"):
-    iterator.sft_iterator(_examples(4), iterator.IteratorConfig(batch_size=1), seq_len=8, process_index=2,
+    iterator.sft_iterator(_examples(4), iterator.IteratorConfig(batch_size=2), seq_len=8, process_index=2,
                           process_count=2)
   with pytest.raises(ValueError, match="do not fill one batch"):
     iterator.sft_iterator(_examples(4), iterator.IteratorConfig(batch_size=5), seq_len=8)

@@ -1,11 +1,15 @@
 """Mesh sizes from config, partition rules (incl. the replication fallback) and multi-process detection."""
 
+import socket
+import time
+
 import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from jaxpost.errors import JaxpostError
 from jaxpost.train import MeshConfig, batch_sharding, initialize_distributed, make_mesh, spec_for
-from jaxpost.train.mesh import _multi_process_launcher
+from jaxpost.train.distributed import DistributedConfig, resolve
 
 
 def test_mesh_config_resolves_the_rest_of_the_devices():
@@ -71,14 +75,36 @@ def test_batch_is_sharded_over_data_and_fsdp():
   assert {s.data.shape for s in x.addressable_shards} == {(2, 3)}  # 8 rows over 2x2, replicated over tensor
 
 
-def test_multi_process_detection(monkeypatch):
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-               "TPU_WORKER_HOSTNAMES"):
+def test_multi_process_settings_resolve_config_then_environment_then_detection(monkeypatch):
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
+               "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
     monkeypatch.delenv(name, raising=False)
-  assert _multi_process_launcher() is None and initialize_distributed() is False
+  assert resolve() == ("single process", None) and initialize_distributed() is False
   monkeypatch.setenv("SLURM_NTASKS", "1")
-  assert _multi_process_launcher() is None
+  assert resolve()[0] == "single process"
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.1,10.0.0.2")
-  assert _multi_process_launcher() == "TPU pod"
+  assert resolve() == ("TPU pod", None)
   monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
-  assert _multi_process_launcher() == "Open MPI"
+  assert resolve() == ("Open MPI", None)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_PROCESS_ID", "1")
+  source, settings = resolve()
+  assert source == "JAX_* environment variables"
+  assert (settings.coordinator, settings.num_processes, settings.process_id) == ("10.0.0.1:1234", 2, 1)
+  source, settings = resolve(DistributedConfig(process_id=0))
+  assert source == "config" and settings.process_id == 0 and settings.num_processes == 2
+  monkeypatch.delenv("JAX_PROCESS_ID")
+  with pytest.raises(JaxpostError, match=r"process_id \(JAX_PROCESS_ID\) not set"):
+    resolve()
+
+
+def test_an_unreachable_coordinator_is_a_one_line_error_not_a_hang(monkeypatch):
+  with socket.socket() as s:  # a port nobody listens on: bind, then close
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  start = time.monotonic()
+  with pytest.raises(JaxpostError, match=rf"coordinator 127.0.0.1:{port} .* not reachable within 1s"):
+    initialize_distributed(DistributedConfig(coordinator=f"127.0.0.1:{port}", num_processes=2, process_id=1,
+                                             timeout_s=1.0))
+  assert time.monotonic() - start < 10
