@@ -9,9 +9,11 @@ rules) on a mesh over the chips of `--topology`, lowers the jitted program on sh
 compiles it for TPU. XLA's `memory_analysis()` and `cost_analysis()` are per chip; total = arguments + outputs -
 aliased (donated) + temporaries. An HBM overflow gives `fits: false` and the bytes the error says it needed.
 Programs (bfloat16 compute, float32 params; several values of a flag give one row each):
-  sft      `make_train_step` + `make_sft_loss` on --batch x --seq tokens (default: one sequence per batch-axis chip).
+  sft      `make_train_step` + `make_sft_loss` on --batch x --seq tokens (default: one sequence per batch-axis chip),
+           accumulated over --num-microbatches.
   grpo     one jitted `update(state, reference_params, batch)`: the frozen reference's completion log-probs, then the
-           policy's `train_step` with `make_grpo_loss` (beta > 0: the KL reads them), --batch x (P + C) tokens.
+           policy's `train_step` with `make_grpo_loss` (beta > 0: the KL reads them), --batch x (P + C) tokens,
+           accumulated over --num-microbatches; `reference_bytes` is the reference's per-chip argument share.
   sampler  `generate` (prefill + decode loops, temperature 1) on --batch prompts of P tokens plus C new ones, dense
            cache or `--cache dms` (query-neuron DMS, cache budget 1/--dms-compression of the dense KV bytes).
 Training runs get `attention="splash"`, `remat="full"` (what "auto" means on a TPU; here it would resolve from this
@@ -95,19 +97,20 @@ def abstract_batch(shapes: dict, mesh: Mesh) -> dict:
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
 
 
-def sft_program(cfg, mesh, *, batch: int, seq: int):
+def sft_program(cfg, mesh, *, batch: int, seq: int, num_microbatches: int = 1):
   """The jitted SFT step and its abstract (state, batch)."""
   graphdef, params = abstract_params(cfg, mesh)
   shapes, shardings = train_state_shardings(params, optimizer=OPTIMIZER, mesh=mesh)
   step = make_train_step(graphdef=graphdef, loss_fn=make_sft_loss(), optimizer=OPTIMIZER, mesh=mesh,
-                         state_shardings=shardings)
+                         state_shardings=shardings, num_microbatches=num_microbatches)
   data = abstract_batch({k: ((batch, seq), jnp.int32) for k in ("tokens", "positions", "segment_ids", "loss_mask")},
                         mesh)
   return step, (abstract_state(shapes, shardings), data)
 
 
-def grpo_program(cfg, mesh, *, batch: int, prompt_len: int, completion_len: int):
-  """The jitted GRPO update (reference log-probs + policy step) and its abstract (state, reference, batch)."""
+def grpo_program(cfg, mesh, *, batch: int, prompt_len: int, completion_len: int, num_microbatches: int = 1):
+  """The jitted GRPO update (reference log-probs + policy step) and its abstract (state, reference, batch); the
+  reference is placed by the same partition rules as the policy, as `rl_train` places it."""
   graphdef, params = abstract_params(cfg, mesh)
   shapes, shardings = train_state_shardings(params, optimizer=OPTIMIZER, mesh=mesh)
   loss_fn = make_grpo_loss(GRPO)
@@ -115,7 +118,8 @@ def grpo_program(cfg, mesh, *, batch: int, prompt_len: int, completion_len: int)
   def update(state, reference_params, batch):
     ref_logps_BxC, _ = completion_logps(nnx.merge(graphdef, reference_params), batch, temperature=GRPO.temperature)
     batch = {**batch, "ref_logps": jax.lax.stop_gradient(ref_logps_BxC)}
-    return train_step(state, batch, graphdef=graphdef, loss_fn=loss_fn, optimizer=OPTIMIZER, mesh=mesh)
+    return train_step(state, batch, graphdef=graphdef, loss_fn=loss_fn, optimizer=OPTIMIZER, mesh=mesh,
+                      num_microbatches=num_microbatches)
 
   ref_shardings = jax.tree.map(lambda x: x.sharding, params)
   jitted = jax.jit(update, in_shardings=(shardings, ref_shardings, batch_sharding(mesh)),
@@ -203,17 +207,21 @@ def run_case(args, *, program, model, topology, mesh_sizes, batch, seq, prompt_l
   batch = batch or mesh.shape["data"] * mesh.shape["fsdp"]
   shape = dict(batch=batch, prompt_len=prompt_len, completion_len=completion_len)
   if program == "sft":
-    jitted, abstract = sft_program(cfg, mesh, batch=batch, seq=seq)
+    jitted, abstract = sft_program(cfg, mesh, batch=batch, seq=seq, num_microbatches=args.num_microbatches)
   elif program == "grpo":
-    jitted, abstract = grpo_program(cfg, mesh, **shape)
+    jitted, abstract = grpo_program(cfg, mesh, **shape, num_microbatches=args.num_microbatches)
   else:
     jitted, abstract = sampler_program(cfg, mesh, **shape, dms_compression=args.dms_compression)
   seq = seq if program == "sft" else prompt_len + completion_len
   row = {"program": program, "model": model, "topology": topology, "mesh": ",".join(map(str, mesh.shape.values())),
          "chips": mesh.size, "seq": seq, **(shape if program != "sft" else {"batch": batch}),
-         "remat": cfg.remat, "attention": cfg.attention,
+         "remat": cfg.remat, "attention": cfg.attention, "num_microbatches": args.num_microbatches,
          "cache": args.cache if program == "sampler" else None, "temp_bytes": None, "flops": None,
          "hbm_bytes": hbm_bytes(mesh.devices.flat[0])}
+  if program == "grpo":  # the frozen reference's share of the arguments, per chip, and unsharded
+    row["reference_bytes"] = shard_bytes(abstract[1])
+    row["reference_total_bytes"] = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+                                       for x in jax.tree.leaves(abstract[1]))
   row.update(compile_stats(jitted, abstract, mesh, row["hbm_bytes"]))
   flops = analytic_flops(cfg, program=program, batch=batch, seq=seq, completion_len=completion_len)
   row["analytic_flops"] = flops / mesh.size
@@ -265,6 +273,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--attention", default=None, help=f"ModelConfig.attention (default {TPU_DEFAULTS['attention']})")
   parser.add_argument("--cache", default="dense", choices=("dense", "dms"), help="sampler KV cache")
   parser.add_argument("--dms-compression", type=float, default=8.0, help="dense KV bytes / DMS cache budget")
+  parser.add_argument("--num-microbatches", type=int, default=1, help="gradient accumulation of sft / grpo")
   parser.add_argument("--find-max-seq", action="store_true")
   parser.add_argument("--json", action="store_true", help="one JSON line per case")
   args = parser.parse_args(argv)

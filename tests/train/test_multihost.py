@@ -1,4 +1,5 @@
-"""Two real processes (jax.distributed over localhost, 4 CPU devices each) train like one process with 8 devices.
+"""Two real processes (jax.distributed over localhost, 4 CPU devices each) train like one process with 8 devices,
+also when one of them is killed with SIGKILL and both are started again.
 
 Launched exactly as the README's two-process rehearsal: the same command with JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set per process.
@@ -8,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -19,7 +21,7 @@ from jaxpost.models import from_pretrained
 from jaxpost.train import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SFT = ["--config.train.total_steps=3", "--config.train.save_every=3", "--config.train.progress=false",
+SFT = ["--config.train.total_steps=12", "--config.train.save_every=3", "--config.train.progress=false",
        "--config.num_train=256", "--config.num_eval=8", "--config.batch_size=8", "--config.seq_len=64",
        "--config.eval.every=0", "--config.eval.completion_len=8", "--config.optimizer.learning_rate=3e-4",
        "--config.optimizer.warmup_steps=0"]
@@ -47,17 +49,23 @@ def _one_process(tmp_path, module, workdir, args):
   assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _two_processes(tmp_path, module, workdir, args):
+def _start_two(tmp_path, module, workdir, args):
+  """The README's rehearsal: the same command twice, with the JAX_* variables of process 0 and 1."""
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, "-m", module, "--workdir", str(workdir), *args], cwd=ROOT,
-                            env={**_env(tmp_path, 4), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-                                 "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  return [subprocess.Popen([sys.executable, "-m", module, "--workdir", str(workdir), *args], cwd=ROOT,
+                           env={**_env(tmp_path, 4), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                                "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _two_processes(tmp_path, module, workdir, args):
+  procs = _start_two(tmp_path, module, workdir, args)
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
   for i, (_, err) in enumerate(outputs):
     assert f"process {i} of 2 (JAX_* environment variables): 4 local devices of 8" in err
+  return outputs[0][1]
 
 
 def _params(hf_dir):
@@ -67,7 +75,19 @@ def _params(hf_dir):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_two_processes_train_like_one(tmp_path):
   _one_process(tmp_path, "experiments.sft_arith", tmp_path / "sft_1", SFT)
-  _two_processes(tmp_path, "experiments.sft_arith", tmp_path / "sft_2", SFT)
+  # Two processes, process 1 killed with SIGKILL mid-run (process 0 then stuck in a collective, killed too), then
+  # the same two commands again: they resume from the last checkpoint and end like the one-process run.
+  procs = _start_two(tmp_path, "experiments.sft_arith", tmp_path / "sft_2", SFT)
+  deadline = time.time() + 240
+  while len(read_metrics(tmp_path / "sft_2")) < 5:
+    assert all(p.poll() is None for p in procs) and time.time() < deadline, procs[0].communicate()[1][-3000:]
+    time.sleep(0.05)
+  procs[1].kill()
+  procs[0].kill()
+  for p in procs:
+    p.communicate()
+  assert len(read_metrics(tmp_path / "sft_2")) < 12
+  assert "resuming from step" in _two_processes(tmp_path, "experiments.sft_arith", tmp_path / "sft_2", SFT)
   for a, b in zip(_params(tmp_path / "sft_1" / "hf"), _params(tmp_path / "sft_2" / "hf"), strict=True):
     np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
   assert [r["loss"] for r in read_metrics(tmp_path / "sft_2")] == pytest.approx(
