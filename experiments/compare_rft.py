@@ -59,7 +59,7 @@ def _sft(c: ml_collections.ConfigDict, steps: int, workdir: str) -> None:
                     optimizer=OptimizerConfig(learning_rate=c.sft_learning_rate, schedule="constant",
                                               total_steps=steps),
                     checkpoint=CheckpointConfig(save_every=c.save_every))
-  graphdef, state = train(model_fn=lambda: models.from_pretrained(c.checkpoint), loss_fn=make_sft_loss(),
+  graphdef, state = train(model_fn=models.Pretrained(c.checkpoint), loss_fn=make_sft_loss(),
                           data=iterator, workdir=workdir, cfg=cfg, evaluate=evaluator)
   export_hf(graphdef, state.params, os.path.join(workdir, "hf"))
 

@@ -93,7 +93,7 @@ def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   prompts = data.prompt_iterator(train_records, tokenizer,
                                  data.IteratorConfig(batch_size=c.prompts_per_step, seed=c.seed))
   graphdef, state = rl_train(
-      model_fn=lambda: models.from_pretrained(c.checkpoint), loss_fn=loss_fn, method=method, rollout=rollout,
+      model_fn=models.Pretrained(c.checkpoint), loss_fn=loss_fn, method=method, rollout=rollout,
       prompts=prompts, reward_fn=rewards.arith_exact_match,
       decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), workdir=workdir, cfg=cfg,
       evaluate=evaluator)

@@ -72,7 +72,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       eval_every=config.eval.every,
       optimizer=OptimizerConfig(**config.optimizer.to_dict(), total_steps=config.train.total_steps),
       checkpoint=CheckpointConfig(save_every=config.train.save_every))
-  model_fn = ((lambda: models.from_pretrained(config.init_checkpoint)) if config.init_checkpoint
+  model_fn = (models.Pretrained(config.init_checkpoint) if config.init_checkpoint
               else build_model_fn(config.model, tokenizer, config.seed))
   graphdef, state = train(model_fn=model_fn, loss_fn=make_sft_loss(),
                           data=iterator, workdir=workdir, cfg=train_cfg, evaluate=evaluator)

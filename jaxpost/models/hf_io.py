@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -168,8 +168,9 @@ def _checkpoint_files(directory: str) -> list[str]:
   raise CheckpointError(f"{directory}: no model.safetensors or {_INDEX_FILE}")
 
 
-def _read_tensors(directory: str) -> Iterator[tuple[str, str, np.ndarray]]:
-  """(file name, tensor name, array) for every tensor of the checkpoint, one file open at a time."""
+def _tensor_slices(directory: str) -> Iterator[tuple[str, str, Any]]:
+  """(file name, tensor name, safetensors slice) for every tensor of the checkpoint, one file open at a time; a
+  slice reads only the part indexed (`slice[rows, cols]`), or all of it (`slice[...]`)."""
   for file_name in _checkpoint_files(directory):
     path = os.path.join(directory, file_name)
     if not os.path.exists(path):
@@ -177,20 +178,25 @@ def _read_tensors(directory: str) -> Iterator[tuple[str, str, np.ndarray]]:
     try:
       with safe_open(path, framework="flax") as f:
         for name in f.keys():
-          yield file_name, name, f.get_tensor(name)
+          yield file_name, name, f.get_slice(name)
     except SafetensorError as error:
       raise CheckpointError(f"{path}: not a readable safetensors file ({error}); is it truncated?") from None
 
 
 # ----------------------------------------------------------------------------------------------- load / save
 
+Placement = Callable[[tuple, jax.ShapeDtypeStruct], jax.sharding.Sharding]
+
 
 def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str | None = None,
-                    **execution) -> Decoder:
+                    placement: Placement | None = None, **execution) -> Decoder:
   """Reads `config.json` and safetensors (single or sharded) into a `Decoder`.
 
   `execution` sets how the model runs (`remat`, `attention`, `attention_block`, `logits_chunk`; see ModelConfig).
-  A missing, unexpected or mis-shaped tensor is a `CheckpointError` naming the tensor and both shapes.
+  `placement(param path, shape)` gives each parameter's sharding: every device's shard is then read from the
+  file straight into place (each host reads only what its devices hold; no whole copy anywhere); None: the
+  default device. A missing, unexpected or mis-shaped tensor is a `CheckpointError` naming the tensor and both
+  shapes.
   """
   unknown = sorted(set(execution) - set(EXECUTION_FIELDS))
   if unknown:
@@ -205,26 +211,57 @@ def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str 
   expected = {path: var for path, var in nnx.to_flat_state(state)}
   names = tensor_map(cfg)
   loaded: dict[tuple, jax.Array] = {}
-  for file_name, name, tensor in _read_tensors(directory):
+  for file_name, name, tensor in _tensor_slices(directory):
     if name.endswith(_IGNORED_SUFFIXES) or (cfg.tie_embeddings and name == "lm_head.weight"):
       continue
     if name not in names:
       raise CheckpointError(f"{directory}/{file_name}: unexpected tensor {name!r} for model_type {cfg.model_type}")
-    if not np.issubdtype(tensor.dtype, np.floating) and tensor.dtype != jnp.bfloat16:
-      raise CheckpointError(f"{directory}/{file_name}: tensor {name!r} is {tensor.dtype}; weights must be floating "
+    stored = tensor.get_dtype()
+    if not (stored.startswith("F") or stored == "BF16"):
+      raise CheckpointError(f"{directory}/{file_name}: tensor {name!r} is {stored}; weights must be floating "
                             f"point (a quantised checkpoint needs dequantising first)")
     path = names[name]
     want = tuple(expected[path].shape)
-    if tuple(tensor.shape) != want:
-      raise CheckpointError(f"{directory}/{file_name}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+    if tuple(tensor.get_shape()) != want:
+      raise CheckpointError(f"{directory}/{file_name}: tensor {name!r} has shape {tuple(tensor.get_shape())}, "
                             f"config.json implies {want}")
-    loaded[path] = tensor.astype(cfg.weight_dtype)
+    read = lambda index, tensor=tensor: tensor[index].astype(cfg.weight_dtype)
+    if placement is None:
+      loaded[path] = read(...)
+    else:
+      target = jax.ShapeDtypeStruct(want, cfg.weight_dtype)
+      loaded[path] = jax.make_array_from_callback(want, placement(path, target), read)
   for name, path in names.items():
     if path not in loaded:
       raise CheckpointError(f"{directory}: missing tensor {name!r} (expected shape {tuple(expected[path].shape)})")
   for path, var in expected.items():
     var.set_value(loaded[path])
   return nnx.merge(graphdef, state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """A model to read from a HF directory, as a trainer's `model_fn`: `Pretrained(d)()` reads it onto the default
+  device; trainers instead call `load(placement)`, which reads every shard straight into place, and `abstract()`,
+  which builds the shapes from config.json alone."""
+
+  directory: str
+  dtype: str = "float32"
+  param_dtype: str | None = None
+
+  def __call__(self) -> Decoder:
+    return self.load(None)
+
+  def load(self, placement: Placement | None) -> Decoder:
+    return from_pretrained(self.directory, dtype=self.dtype, param_dtype=self.param_dtype, placement=placement)
+
+  def abstract(self) -> Decoder:
+    """The model with `jax.ShapeDtypeStruct` leaves (nothing read but config.json)."""
+    path = os.path.join(self.directory, "config.json")
+    if not os.path.exists(path):
+      raise CheckpointError(f"{self.directory}: no config.json")
+    cfg = config_from_hf(read_json(path), source=path, dtype=self.dtype, param_dtype=self.param_dtype)
+    return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
 
 
 def save_pretrained(model: Decoder, directory: str, *, max_shard_bytes: int = 5 * 2**30) -> None:

@@ -23,8 +23,9 @@ from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer, abstract_st
 from jaxpost.train.distributed import initialize_distributed
 from jaxpost.train.mesh import MeshConfig, make_mesh
 from jaxpost.train.metrics import MetricsWriter
-from jaxpost.train.partition import DEFAULT_RULES, Rules, param_shardings, shard_batch
-from jaxpost.train.state import OptimizerConfig, TrainState, create_train_state, split_model, train_state_shardings
+from jaxpost.train.partition import DEFAULT_RULES, Rules, shard_batch
+from jaxpost.train.state import (OptimizerConfig, TrainState, abstract_model, create_train_state, init_params,
+                                 split_model, train_state_shardings)
 from jaxpost.train.step import LossFn, make_train_step
 
 
@@ -73,8 +74,9 @@ def _tokens_in(batch: dict) -> int:
 def initial_state(model_fn: Callable[[], nnx.Module], *, optimizer: OptimizerConfig, seed: int, mesh: Mesh,
                   rules: Rules, checkpointer: Checkpointer, data: DataIterator) -> tuple[nnx.GraphDef, TrainState]:
   """(graphdef, state): restored from the newest readable checkpoint (and `data` moved to its position), else
-  fresh from `model_fn()` with its params placed by `rules`. Prints a line when resuming."""
-  graphdef, params_shapes = split_model(nnx.eval_shape(model_fn))
+  fresh from `model_fn()` with its params created in their `rules` shardings (`init_params`: pass a
+  `models.Pretrained` for a checkpoint, so that it is read shard by shard). Prints a line when resuming."""
+  graphdef, params_shapes = split_model(abstract_model(model_fn))
   shapes, shardings = train_state_shardings(params_shapes, optimizer=optimizer, mesh=mesh, rules=rules)
   restored = checkpointer.restore_latest(abstract_state(shapes, shardings))
   if restored is not None:
@@ -83,14 +85,8 @@ def initial_state(model_fn: Callable[[], nnx.Module], *, optimizer: OptimizerCon
     if jax.process_index() == 0:
       print(f"resuming from step {int(state.step)} of {checkpointer.directory}", file=sys.stderr)
     return graphdef, state
-  return graphdef, create_train_state(placed_params(model_fn, mesh, rules), optimizer=optimizer, mesh=mesh,
-                                      rules=rules, seed=seed)
-
-
-def placed_params(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules: Rules) -> nnx.State:
-  """The params of `model_fn()` placed by `rules` (built on the default device first, then sharded)."""
-  _, params = split_model(model_fn())
-  return jax.device_put(params, param_shardings(params, mesh, rules))
+  _, params = init_params(model_fn, mesh=mesh, rules=rules)
+  return graphdef, create_train_state(params, optimizer=optimizer, mesh=mesh, rules=rules, seed=seed)
 
 
 def check_finite(metrics: dict[str, float], step: int, checkpointer: Checkpointer) -> None:

@@ -22,12 +22,12 @@ from jaxpost.rewards import RewardFn
 from jaxpost.rewards.guard import RewardGuard
 from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer
 from jaxpost.train.experience import Method, RolloutConfig, informative_groups, make_experience, trim_completions
-from jaxpost.train.loop import check_finite, initial_state, placed_params
+from jaxpost.train.loop import check_finite, initial_state
 from jaxpost.train.distributed import initialize_distributed
 from jaxpost.train.mesh import MeshConfig, make_mesh
 from jaxpost.train.metrics import MetricsWriter
 from jaxpost.train.partition import DEFAULT_RULES, Rules, shard_batch, traced_on
-from jaxpost.train.state import OptimizerConfig
+from jaxpost.train.state import OptimizerConfig, init_params
 from jaxpost.train.step import LossFn, make_train_step
 
 # Host-side bookkeeping arrays of the experience that the loss does not read.
@@ -94,7 +94,7 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
   # Old-policy and reference log-probs at the rollout temperature, as the loss computes its own (TRL's convention).
   logps_fn = jax.jit(traced_on(mesh, lambda params, batch: completion_logps(
       nnx.merge(graphdef, params), batch, temperature=rollout.temperature or 1.0)[0]))
-  reference = placed_params(model_fn, mesh, rules) if cfg.reference else None  # sharded like the policy
+  reference = init_params(model_fn, mesh=mesh, rules=rules)[1] if cfg.reference else None  # sharded like the policy
   start = int(state.step) // cfg.updates_per_step
   writer = MetricsWriter(workdir, start_step=start, total_steps=cfg.total_steps, progress=cfg.progress)
   base_key = jax.random.key(cfg.seed)

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
-from jaxpost.train.partition import DEFAULT_RULES, Rules, param_shardings, path_str
+from jaxpost.models import Pretrained
+from jaxpost.train.partition import DEFAULT_RULES, Rules, param_shardings, path_str, spec_for
 
 SCHEDULES = ("cosine", "constant")
 # Parameters that are never weight-decayed, besides all vectors: norms and biases.
@@ -131,9 +132,20 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
   return graphdef, params
 
 
+def abstract_model(model_fn: Callable[[], nnx.Module]) -> nnx.Module:
+  """`model_fn()` with ShapeDtypeStruct leaves; a `Pretrained` source reads only its config.json."""
+  return model_fn.abstract() if isinstance(model_fn, Pretrained) else nnx.eval_shape(model_fn)
+
+
 def init_params(model_fn: Callable[[], nnx.Module], *, mesh: Mesh, rules: Rules = DEFAULT_RULES):
-  """(graphdef, params) of `model_fn()`, its params created directly with their shardings (never whole on one device)."""
-  graphdef, params_shapes = split_model(nnx.eval_shape(model_fn))
+  """(graphdef, params) of `model_fn()` with every param created directly in its `rules` sharding, never whole on
+  one device: a `Pretrained` checkpoint reads each shard into place, any other `model_fn` (a random init) runs
+  under `jax.jit` with those output shardings."""
+  graphdef, params_shapes = split_model(abstract_model(model_fn))
+  if isinstance(model_fn, Pretrained):
+    placement = lambda path, target: NamedSharding(mesh, spec_for("/".join(map(str, path)), target.shape, mesh,
+                                                                  rules))
+    return split_model(model_fn.load(placement))
   shardings = param_shardings(params_shapes, mesh, rules)
   params = jax.jit(lambda: split_model(model_fn())[1], out_shardings=shardings)()
   return graphdef, params

@@ -2,8 +2,11 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 import jaxpost.models as jm
@@ -74,3 +77,22 @@ def test_unsupported_rope_type(good_dir, tmp_path):
 def test_invalid_dms_settings(good_dir, tmp_path):
   directory = _copy_with(good_dir, tmp_path, edit_config=lambda c: c.update(dms={"variant": "oracle"}))
   _single_line_error(directory, r"config.json: key 'dms' is not a valid DMS config")
+
+
+def test_an_integer_tensor_is_refused_not_cast(good_dir, tmp_path):
+  def to_int(tensors):
+    name = "model.layers.0.mlp.up_proj.weight"
+    tensors[name] = tensors[name].astype(np.int32)
+  directory = _copy_with(good_dir, tmp_path, to_int)
+  _single_line_error(directory, r"tensor 'model\.layers\.0\.mlp\.up_proj\.weight' is I32; weights must be floating")
+
+
+def test_placed_loading_reads_each_shard_into_place(good_dir):
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tensor"))
+  placement = lambda path, target: NamedSharding(
+      mesh, P("fsdp") if target.ndim == 2 and target.shape[0] % 4 == 0 else P())
+  placed, plain = jm.from_pretrained(str(good_dir), placement=placement), jm.from_pretrained(str(good_dir))
+  q = placed.layers[0].attn.q_proj.weight[...]
+  assert q.sharding == NamedSharding(mesh, P("fsdp")) and {s.data.shape[0] for s in q.addressable_shards} == {
+      q.shape[0] // 4}
+  jax.tree.map(np.testing.assert_array_equal, nnx.state(placed), nnx.state(plain))

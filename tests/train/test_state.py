@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxpost.models import presets
+from jaxpost.models import Pretrained, presets, save_pretrained
 from jaxpost.train import (MeshConfig, OptimizerConfig, create_train_state, init_params, make_mesh, make_optimizer,
-                           make_schedule, make_train_step, path_str, split_model)
+                           make_schedule, make_train_step, param_shardings, path_str, split_model)
 from tests.train.helpers import TINY, random_batch, tiny_model, xent_loss
 
 
@@ -89,3 +89,21 @@ def test_init_params_creates_each_shard_in_place():
   _, reference = split_model(tiny_model(cfg=cfg))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), params, reference)
   assert params["embed"]["embedding"].sharding.shard_shape((64, 32)) == (8, 32)
+
+
+def test_init_params_reads_a_pretrained_checkpoint_shard_by_shard(tmp_path):
+  mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
+  save_pretrained(tiny_model(), str(tmp_path))
+  source = Pretrained(str(tmp_path))
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), split_model(source.abstract())[1]) == jax.tree.map(
+      lambda x: (x.shape, x.dtype), split_model(tiny_model())[1])
+  _, params = init_params(source, mesh=mesh)
+  _, reference = split_model(tiny_model())
+  jax.tree.map(np.testing.assert_array_equal, params, reference)
+  want = param_shardings(reference, mesh)
+  jax.tree.map(assert_equal_sharding, params, want)
+
+
+def assert_equal_sharding(x, sharding):
+  """The array is laid out as `sharding` says (same devices, same shard of each)."""
+  assert x.sharding.is_equivalent_to(sharding, x.ndim), (x.sharding, sharding)
