@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import rl_common  # noqa: E402
-from jaxpost import data, models  # noqa: E402
+from jaxpost import data, hosts, models  # noqa: E402
 from jaxpost.evaluate import task_evaluator  # noqa: E402
 from jaxpost.experiment import run_experiment  # noqa: E402
 from jaxpost.losses import make_sft_loss  # noqa: E402
@@ -95,6 +95,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     for name in config.runs:
       curves.setdefault(name, []).append([(0, start)] + _run(c, name, os.path.join(workdir, f"seed{seed}")))
   finals = {name: float(np.mean([curve[-1][1] for curve in runs])) for name, runs in curves.items()}
+  if not hosts.is_main():  # process 0 writes the report (the curves come from metrics.jsonl on shared storage)
+    return finals
   _write_table(curves, start, config, os.path.join(workdir, "compare_rft.md"))
   _plot(curves, os.path.join(workdir, "compare_rft.png"), title=f"{config.task} task, {config.steps} steps")
   for name, accuracy in finals.items():

@@ -28,7 +28,7 @@ from flax import nnx
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jaxpost import data, models, rewards  # noqa: E402
+from jaxpost import data, hosts, models, rewards  # noqa: E402
 from jaxpost.evaluate import EvalConfig, evaluate  # noqa: E402
 from jaxpost.experiment import run_experiment  # noqa: E402
 from jaxpost.generate import SamplingConfig, generate, left_pad  # noqa: E402
@@ -193,8 +193,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dense_tokens = results["dense"]["kv_tokens"]
   for row in results.values():
     row["compression"] = dense_tokens / row["kv_tokens"]
-  _write_report(results, workdir, config)
-  print(open(os.path.join(workdir, "dms_retrofit.md")).read())
+  if hosts.is_main():  # process 0 writes the report
+    _write_report(results, workdir, config)
+    print(open(os.path.join(workdir, "dms_retrofit.md")).read())
   return results
 
 

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxpost import data, models, rewards
+from jaxpost import data, hosts, models, rewards
 from jaxpost.evaluate import EvalConfig, evaluate
 from jaxpost.experiment import run_experiment
 from jaxpost.generate import left_pad
@@ -157,12 +157,13 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"{s.method:12s} budget={s.budget}  accuracy={accuracy:.3f}  kv_held={held:.1f}  read/step={read}")
   vote_rows = _hyper_scaling(config, loaded, tokenizer, reward, extract, rows)
   length_rows = _length_scaling(config, loaded, tokenizer, reward, extract, records)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(dict(budget_rows=rows, vote_rows=vote_rows, length_rows=length_rows), f, indent=2)
-  with open(os.path.join(workdir, "kv_compression.md"), "w") as f:
-    f.write(markdown_tables(rows, vote_rows, length_rows))
-  plot(rows, vote_rows, length_rows, os.path.join(workdir, "kv_compression.png"))
+  if hosts.is_main():  # process 0 writes the report
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(dict(budget_rows=rows, vote_rows=vote_rows, length_rows=length_rows), f, indent=2)
+    with open(os.path.join(workdir, "kv_compression.md"), "w") as f:
+      f.write(markdown_tables(rows, vote_rows, length_rows))
+    plot(rows, vote_rows, length_rows, os.path.join(workdir, "kv_compression.png"))
   return dict(budget_rows=rows, vote_rows=vote_rows, length_rows=length_rows)
 
 

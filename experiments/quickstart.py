@@ -16,6 +16,7 @@ import time
 import ml_collections
 
 from experiments import dms_retrofit, rl_common, sft_arith
+from jaxpost import hosts
 from jaxpost.experiment import run_experiment
 
 
@@ -35,7 +36,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sft = sft_arith.get_config()
   sft.train.update(total_steps=config.sft_steps, save_every=config.sft_steps, progress=config.progress)
   sft.eval.every, sft.num_eval = config.sft_steps, config.num_eval
-  stages["SFT (from scratch)"] = {"accuracy": sft_arith.main(sft, os.path.join(workdir, "sft"))["accuracy"]}
+  result = sft_arith.main(sft, os.path.join(workdir, "sft"))  # {} on processes other than 0
+  stages["SFT (from scratch)"] = {"accuracy": result.get("accuracy")}
   start = os.path.join(workdir, "sft", "hf")
 
   for method, name in (("grpo", "GRPO"), ("prefix_rft", "Prefix-RFT")):
@@ -44,7 +46,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
               num_eval=config.num_eval, progress=config.progress)
     rl.prefix.schedule_steps = config.rl_steps
     result = rl_common.run_rl(rl, os.path.join(workdir, method))
-    stages[f"{name} (from SFT)"] = {"accuracy": result["final_accuracy"]}
+    stages[f"{name} (from SFT)"] = {"accuracy": result.get("final_accuracy")}
 
   dms = dms_retrofit.get_config()
   dms.update(checkpoint=start, crs=(4,), steps_per_cr=config.dms_steps_per_cr, num_eval=config.num_eval,
@@ -53,6 +55,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stages["DMS CR 4 retrofit (of SFT)"] = {"accuracy": results["dms_cr4"]["accuracy"],
                                           "compression": results["dms_cr4"]["compression"]}
 
+  if not hosts.is_main():  # process 0 writes the summary
+    return {}
   minutes = (time.perf_counter() - clock) / 60
   lines = ["| stage | held-out accuracy | KV compression |", "|---|---|---|"]
   for stage, r in stages.items():

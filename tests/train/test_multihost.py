@@ -5,6 +5,7 @@ Launched exactly as the README's two-process rehearsal: the same command with JA
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set per process.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -70,6 +71,19 @@ def _two_processes(tmp_path, module, workdir, args):
 
 def _params(hf_dir):
   return jax.tree.map(np.asarray, jax.tree.leaves(from_pretrained(str(hf_dir))))
+
+
+def test_each_process_reads_its_disjoint_share_of_the_global_batch(tmp_path):
+  procs = _start_two(tmp_path, "tests.train.print_shares", tmp_path / "unused", [])
+  outputs = [p.communicate(timeout=120) for p in procs]
+  assert all(p.returncode == 0 for p in procs), outputs[0][1][-3000:]
+  shares = sorted((json.loads(out.strip().splitlines()[-1]) for out, _ in outputs), key=lambda r: r["process"])
+  whole = subprocess.run([sys.executable, "-m", "tests.train.print_shares"], cwd=ROOT, env=_env(tmp_path, 8),
+                         capture_output=True, text=True, timeout=120)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  for k, global_batch in enumerate(json.loads(whole.stdout.strip().splitlines()[-1])["batches"]):
+    first, second = shares[0]["batches"][k], shares[1]["batches"][k]
+    assert not set(first) & set(second) and first + second == global_batch
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
