@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -40,11 +41,12 @@ class EvalConfig:
 def evaluate(model, tokenizer, records: Sequence[Mapping[str, str]], *, reward_fn, extract_answer: Callable,
              cfg: EvalConfig = EvalConfig(), cache_factory: CacheFactory = DenseKVCache.create,
              mesh=None) -> dict[str, float]:
-  """Accuracy (reward of the voted answer), mean completion length and the fraction stopped by EOS. On several
+  """Accuracy (reward of the voted answer), mean completion length, the fraction stopped by EOS and the fraction
+  whose KV cache overflowed (warned about: their answers are not trustworthy). On several
   processes each one runs every record (the generated rows are gathered), so all return the same numbers."""
   sampling = SamplingConfig(completion_len=cfg.completion_len, temperature=cfg.temperature, n=cfg.samples,
                             stop_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id or 0)
-  scores, lengths, stopped = [], [], []
+  scores, lengths, stopped, overflow = [], [], [], []
   key = jax.random.key(cfg.seed)
   for start in range(0, len(records), cfg.batch_size):
     chunk = records[start:start + cfg.batch_size]
@@ -58,8 +60,13 @@ def evaluate(model, tokenizer, records: Sequence[Mapping[str, str]], *, reward_f
     scores.extend(reward_fn([r["prompt"] for r in chunk], voted, [r["answer"] for r in chunk]).tolist())
     lengths.extend(n_tokens.tolist())
     stopped.extend(to_host(rollout.stopped).tolist())
+    overflow.extend(to_host(rollout.overflow).tolist())
+  if any(overflow):
+    warnings.warn(f"evaluate: {sum(overflow)} of {len(overflow)} rows overflowed their KV cache (capacity below what "
+                  f"they needed): their answers differ from an unbounded cache's; raise the cache budget",
+                  RuntimeWarning, stacklevel=2)
   return {"accuracy": float(np.mean(scores)), "mean_length": float(np.mean(lengths)),
-          "stopped_fraction": float(np.mean(stopped))}
+          "stopped_fraction": float(np.mean(stopped)), "overflow_fraction": float(np.mean(overflow))}
 
 
 def _majority(texts: Sequence[str], extract_answer: Callable) -> str:

@@ -19,7 +19,9 @@ class Rollout:
 
   `logps` are log softmax(logits / T) of the chosen tokens (T = 1 for greedy), the policy's old_logps;
   `sampling_logps` are under the truncated distribution actually sampled from (0 for greedy). Both are 0 where the
-  mask is 0. `stopped` says the row ended on a stop id rather than the length limit.
+  mask is 0. `stopped` says the row ended on a stop id rather than the length limit. `overflow` says the row's KV
+  cache ran out of slots (a compressed cache sized below what the row needed): its tokens are not what an
+  unbounded cache would give, so callers must not use them silently.
   """
 
   prompt_tokens: jax.Array  # [N, P] left-padded
@@ -30,6 +32,7 @@ class Rollout:
   sampling_logps: jax.Array  # [N, C]
   lengths: jax.Array  # [N]
   stopped: jax.Array  # [N] bool
+  overflow: jax.Array  # [N] bool
   group_size: int = flax.struct.field(pytree_node=False, default=1)
 
   def rl_batch(self) -> dict[str, jax.Array]:

@@ -159,7 +159,8 @@ def _generate(model: Decoder, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg:
     last = jax.lax.while_loop(keep_going, decode_step, last.replace(cache=last.cache.read_first(p + stop)))
   return Rollout(prompt_tokens=prompt_NxP, prompt_mask=prompt_mask_NxP, completion_tokens=last.tokens_NxC,
                  completion_mask=last.mask_NxC, logps=last.logps_NxC, sampling_logps=last.sampling_logps_NxC,
-                 lengths=jnp.sum(last.mask_NxC, axis=1), stopped=last.stopped_N, group_size=cfg.n)
+                 lengths=jnp.sum(last.mask_NxC, axis=1), stopped=last.stopped_N,
+                 overflow=getattr(last.cache, "overflow_B", jnp.zeros((n_rows,), bool)), group_size=cfg.n)
 
 
 def _segment_stops(capacity: int, segments: int) -> list[int]:

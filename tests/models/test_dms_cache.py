@@ -126,3 +126,20 @@ def test_create_rejects_a_model_without_dms():
     DMSKVCache.create(_model().cfg.replace(dms=None), 1, 8)
   with pytest.raises(ValueError, match="no slot"):
     capacity_for_budget(_model().cfg, 4, 100)
+
+
+def test_generate_reports_overflow_on_exactly_the_rows_that_ran_out_of_slots():
+  from jaxpost.generate import SamplingConfig, generate, left_pad
+
+  model = _model()
+  rng = np.random.RandomState(1)
+  prompts = [rng.randint(1, 61, 18).tolist(), rng.randint(1, 61, 3).tolist()]
+  tokens, mask = left_pad(prompts)
+  sampling = SamplingConfig(completion_len=4, temperature=0.0)
+  slots = 8  # the short row needs 3 + 4 = 7 slots at most, the long one 18 from its prefill on
+  budget = DMSKVCache.create(model.cfg, 2, 1).allocated_bytes() * slots
+  bounded = generate(model, tokens, mask, cfg=sampling, cache_factory=DMSCacheFactory(budget_bytes=budget))
+  unbounded = generate(model, tokens, mask, cfg=sampling, cache_factory=DMSCacheFactory())
+  assert np.asarray(bounded.overflow).tolist() == [True, False]
+  assert not np.asarray(unbounded.overflow).any()
+  np.testing.assert_array_equal(np.asarray(bounded.completion_tokens)[1], np.asarray(unbounded.completion_tokens)[1])
