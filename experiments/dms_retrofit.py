@@ -1,6 +1,6 @@
-"""DMS retrofit of the SFT arithmetic model to CR 4 and CR 8, compared with the dense model (SPEC §5, issue 8).
+"""DMS retrofit of the SFT arithmetic model to CR 4 and CR 8, compared with the dense model.
 
-  python -m experiments.dms_retrofit --workdir runs/dms_retrofit --config.checkpoint=runs/sft_arith/hf
+  python -m experiments.dms_retrofit --workdir runs/dms_retrofit --config.checkpoint=runs/sft_arith_start/hf
 
 For each target CR: distillation + compression loss for `steps_per_cr * CR` steps (adapter variant by default: the
 base model is untouched at step 0, so training starts from zero eviction and zero KL; `workdir/cr<N>/hf` carries the
@@ -40,7 +40,7 @@ from jaxpost.train import CheckpointConfig, OptimizerConfig, TrainConfig, export
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.checkpoint = "runs/sft_arith/hf"
+  c.checkpoint = "runs/sft_arith_start/hf"
   c.task = "easy"  # or "kv_retrieval" (the checkpoint must be trained on it)
   c.retrieval = ml_collections.ConfigDict(dict(num_pairs=16, key_len=2, value_len=3, filler=0))  # kv_retrieval only
   c.num_train = 20000

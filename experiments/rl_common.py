@@ -75,21 +75,24 @@ def method_and_loss(c: ml_collections.ConfigDict):
 
 def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Runs (or resumes) the RL experiment `c` in `workdir`; returns the first and last held-out accuracy."""
+  updates = c.steps * c.num_iterations * c.num_minibatches
+  if c.warmup_steps > updates:
+    raise JaxpostError(f"--config.warmup_steps={c.warmup_steps} is more than the {updates} optimizer updates "
+                       f"(--config.steps x --config.num_iterations x --config.num_minibatches); lower it")
   tokenizer = data.arith_tokenizer()
   train_records = data.make_dataset(c.task, "train", c.num_train, seed=c.seed)
   eval_records = data.make_dataset(c.task, "test", c.num_eval, seed=c.seed + 1)
   evaluator = task_evaluator(tokenizer, eval_records, task=c.task, completion_len=c.completion_len)
   method, loss_fn = method_and_loss(c)
-  start_accuracy = _start_accuracy(c, workdir, evaluator)
   rollout = RolloutConfig(group_size=c.group_size, completion_len=c.completion_len, temperature=c.temperature,
                           stop_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id, pad_multiple=16)
-  updates = c.steps * c.num_iterations * c.num_minibatches
   cfg = RLConfig(total_steps=c.steps, num_iterations=c.num_iterations, num_minibatches=c.num_minibatches,
                  reference=c.beta > 0, informative_only=c.informative_only, eval_every=c.eval_every, seed=c.seed,
                  progress=c.progress, mesh=MeshConfig(**c.mesh),
                  optimizer=OptimizerConfig(learning_rate=c.learning_rate, schedule="constant", total_steps=updates,
                                            warmup_steps=c.warmup_steps, eps=c.adam_eps, clip_norm=1.0),
                  checkpoint=CheckpointConfig(save_every=c.save_every))
+  start_accuracy = _start_accuracy(c, workdir, evaluator)  # once every setting is known to be valid
   prompts = data.prompt_iterator(train_records, tokenizer,
                                  data.IteratorConfig(batch_size=c.prompts_per_step, seed=c.seed))
   graphdef, state = rl_train(

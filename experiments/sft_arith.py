@@ -19,6 +19,7 @@ import ml_collections
 from flax import nnx
 
 from jaxpost import data, hosts, models
+from jaxpost.errors import JaxpostError
 from jaxpost.evaluate import task_evaluator
 from jaxpost.experiment import run_experiment
 from jaxpost.losses import make_sft_loss
@@ -56,6 +57,10 @@ def build_model_fn(name: str, tokenizer, seed: int):
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  warmup, total = config.optimizer.warmup_steps, config.train.total_steps
+  if warmup > total:
+    raise JaxpostError(f"--config.optimizer.warmup_steps={warmup} is more than --config.train.total_steps={total}; "
+                       f"lower it (e.g. --config.optimizer.warmup_steps={total // 10})")
   tokenizer = data.arith_tokenizer()
   held_out = data.KVRetrievalConfig(**config.retrieval)
   mixed = dataclasses.replace(held_out, min_pairs=config.retrieval_min_pairs)

@@ -78,15 +78,11 @@ def _run(args: argparse.Namespace) -> None:
 
 def _config(args: argparse.Namespace) -> None:
   config = _experiment_module(args.name).get_config()
-  from jaxpost.experiment import apply_override
-  for override in args.overrides:
-    key, has_value, value = override.partition("=")
-    if not key.startswith("--config.") or not has_value:
-      raise CLIError(f"unexpected argument {override!r}; usage: jaxpost config NAME [--config.KEY=VALUE ...]")
-    try:
-      apply_override(config, key[len("--config."):], value)
-    except ValueError as error:
-      raise CLIError(str(error)) from None
+  from jaxpost.experiment import parse_args
+  try:  # the same spellings as `run` (KEY=VALUE or KEY VALUE); a --workdir is accepted and ignored
+    parse_args(args.overrides, config, require_workdir=False)
+  except ValueError as error:
+    raise CLIError(str(error)) from None
   print(config.to_json(indent=2))
 
 
@@ -202,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
   config = commands.add_parser("config", help="print an experiment's config with overrides applied")
   for sub, handler in ((run, _run), (config, _config)):
     sub.add_argument("name", help="experiment name (see `jaxpost list`)")
-    sub.add_argument("overrides", nargs=argparse.REMAINDER, help="--workdir DIR and --config.KEY=VALUE overrides")
+    sub.add_argument("overrides", nargs=argparse.REMAINDER,
+                     help="--workdir DIR and --config.KEY=VALUE overrides (`jaxpost run NAME --help` lists the keys)")
     sub.set_defaults(handler=handler)
   export_cmd = commands.add_parser("export", help="export a workdir's newest checkpoint (or a HF dir) to HF format")
   export_cmd.add_argument("source", help="training workdir, its checkpoints/ directory, or a HF checkpoint directory")

@@ -75,14 +75,28 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
   node[leaf] = _parse_value(key, text, node.get_type(leaf))
 
 
-def parse_args(argv: Sequence[str], config: ml_collections.ConfigDict) -> str:
-  """Applies the `--config.KEY` overrides in `argv` to `config` and returns the `--workdir`."""
+def config_help(config: ml_collections.ConfigDict) -> str:
+  """Every settable key with its current value, one `--config.KEY=VALUE` per line (what `--help` prints)."""
+  lines = []
+  for key in _flat_keys(config):
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict):
+      lines.append(f"  --config.{key}={node!r}")
+  return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str], config: ml_collections.ConfigDict, *, require_workdir: bool = True) -> str | None:
+  """Applies the `--config.KEY=VALUE` or `--config.KEY VALUE` overrides in `argv` to `config` and returns the
+  `--workdir` (None when it is not required and not given)."""
   workdir, args = None, list(argv)
   while args:
     arg = args.pop(0)
     name, has_value, value = arg.partition("=")
     if name not in ("--workdir",) and not name.startswith("--config."):
-      raise ValueError(f"unexpected argument {arg!r}; usage: --workdir DIR [--config.KEY=VALUE ...]")
+      raise ValueError(f"unexpected argument {arg!r}; usage: --workdir DIR [--config.KEY=VALUE ...] (--help lists "
+                       f"the keys)")
     if not has_value:
       if not args:
         raise ValueError(f"{name} needs a value")
@@ -91,7 +105,7 @@ def parse_args(argv: Sequence[str], config: ml_collections.ConfigDict) -> str:
       workdir = value
     else:
       apply_override(config, name[len("--config."):], value)
-  if workdir is None:
+  if workdir is None and require_workdir:
     raise ValueError("--workdir DIR is required (a new directory, or an existing one to resume)")
   return workdir
 
@@ -154,8 +168,12 @@ def run_experiment(get_config: Callable[[], ml_collections.ConfigDict],
   with config.unlocked():
     config.restart = False
     config.distributed = ml_collections.ConfigDict(dict(coordinator=None, num_processes=None, process_id=None))
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--help" in argv or "-h" in argv:
+    print(f"usage: --workdir DIR [--config.KEY=VALUE ...]; the keys and their defaults:\n{config_help(config)}")
+    raise SystemExit(0)
   try:
-    workdir = parse_args(sys.argv[1:] if argv is None else argv, config)
+    workdir = parse_args(argv, config)
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr)
     raise SystemExit(2) from None

@@ -51,8 +51,8 @@ def test_list_shows_every_experiment_with_its_summary(capsys):
 
 def test_config_prints_the_config_with_overrides_applied(capsys):
   from experiments import sft_arith
-  code, out, err = _run_cli(capsys, "config", "sft_arith", "--config.task=medium", "--config.train.total_steps=7",
-                            "--config.optimizer.learning_rate=3e-4", "--config.pack=false")
+  code, out, err = _run_cli(capsys, "config", "sft_arith", "--config.task=medium", "--config.train.total_steps", "7",
+                            "--config.optimizer.learning_rate=3e-4", "--config.pack=false", "--workdir", "/tmp/x")
   assert code == 0 and not err
   expected = json.loads(sft_arith.get_config().to_json())
   expected["task"], expected["pack"] = "medium", False
@@ -66,7 +66,7 @@ def test_config_prints_the_config_with_overrides_applied(capsys):
                                                      "'dms_retrofit'?"),
     (["config", "sft_arith", "--config.tsk=hard"], "error: unknown config key --config.tsk; did you mean "
                                                    "--config.task?"),
-    (["config", "sft_arith", "--workdir=/tmp/x"], "error: unexpected argument '--workdir=/tmp/x'"),
+    (["config", "sft_arith", "--lr=1"], "error: unexpected argument '--lr=1'"),
     (["export", "/nonexistent/run", "/tmp/out"], "error: /nonexistent/run: no such directory"),
 ])
 def test_bad_input_gives_one_line_error(capsys, argv, message):
@@ -75,6 +75,15 @@ def test_bad_input_gives_one_line_error(capsys, argv, message):
   assert err.startswith(message) and err.count("\n") == 1
   if "known: " in message:
     assert err.rstrip().endswith(f"(known: {', '.join(sorted(_experiment_files()))})")
+
+
+def test_run_help_lists_every_key_with_its_default(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _run_cli(capsys, "run", "sft_arith", "--help")
+  out = capsys.readouterr().out
+  assert exit_info.value.code == 0
+  assert "  --config.batch_size=16" in out and "  --config.optimizer.warmup_steps=60" in out
+  assert "  --config.restart=False" in out
 
 
 def test_run_delegates_overrides_to_the_experiment_command_line(capsys):

@@ -188,11 +188,32 @@ def _tensor_slices(directory: str) -> Iterator[tuple[str, str, Any]]:
 Placement = Callable[[tuple, jax.ShapeDtypeStruct], jax.sharding.Sharding]
 
 
+def hf_directory(directory: str) -> str:
+  """`directory` if it is a HF checkpoint (config.json + safetensors); a training workdir's export `directory/hf`
+  if that is one (so either may be given: a workdir's own config.json is the experiment's, not a model's);
+  otherwise a CheckpointError saying what is missing."""
+  is_checkpoint = lambda d: os.path.exists(os.path.join(d, "config.json")) and any(
+      os.path.exists(os.path.join(d, name)) for name in ("model.safetensors", _INDEX_FILE))
+  export = os.path.join(directory, "hf")
+  if not is_checkpoint(directory) and is_checkpoint(export):
+    return export
+  if os.path.exists(os.path.join(directory, "config.json")):
+    return directory
+  raise CheckpointError(f"{directory}: no config.json (neither a Hugging Face checkpoint directory nor a workdir "
+                        f"with an hf/ export)")
+
+
+def _dtype_name(dtype) -> str:
+  """'float32' for "float32", jnp.float32 or np.dtype("float32")."""
+  return dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+
+
 def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str | None = None,
                     placement: Placement | None = None, **execution) -> Decoder:
   """Reads `config.json` and safetensors (single or sharded) into a `Decoder`.
 
   `execution` sets how the model runs (`remat`, `attention`, `attention_block`, `logits_chunk`; see ModelConfig).
+  `directory` may also be a training workdir with an `hf/` export; `dtype` a name or a jnp / numpy dtype.
   `placement(param path, shape)` gives each parameter's sharding: every device's shard is then read from the
   file straight into place (each host reads only what its devices hold; no whole copy anywhere); None: the
   default device. A missing, unexpected or mis-shaped tensor is a `CheckpointError` naming the tensor and both
@@ -201,11 +222,10 @@ def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str 
   unknown = sorted(set(execution) - set(EXECUTION_FIELDS))
   if unknown:
     raise ValueError(f"from_pretrained: {', '.join(unknown)} not settable here; only {', '.join(EXECUTION_FIELDS)}")
+  directory = hf_directory(directory)
   config_path = os.path.join(directory, "config.json")
-  if not os.path.exists(config_path):
-    raise CheckpointError(f"{directory}: no config.json")
-  cfg = config_from_hf(read_json(config_path), source=config_path, dtype=dtype,
-                       param_dtype=param_dtype).replace(**execution)
+  cfg = config_from_hf(read_json(config_path), source=config_path, dtype=_dtype_name(dtype),
+                       param_dtype=None if param_dtype is None else _dtype_name(param_dtype)).replace(**execution)
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   expected = {path: var for path, var in nnx.to_flat_state(state)}
@@ -257,10 +277,9 @@ class Pretrained:
 
   def abstract(self) -> Decoder:
     """The model with `jax.ShapeDtypeStruct` leaves (nothing read but config.json)."""
-    path = os.path.join(self.directory, "config.json")
-    if not os.path.exists(path):
-      raise CheckpointError(f"{self.directory}: no config.json")
-    cfg = config_from_hf(read_json(path), source=path, dtype=self.dtype, param_dtype=self.param_dtype)
+    path = os.path.join(hf_directory(self.directory), "config.json")
+    cfg = config_from_hf(read_json(path), source=path, dtype=_dtype_name(self.dtype),
+                         param_dtype=None if self.param_dtype is None else _dtype_name(self.param_dtype))
     return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
 
 

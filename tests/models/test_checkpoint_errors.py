@@ -96,3 +96,12 @@ def test_placed_loading_reads_each_shard_into_place(good_dir):
   assert q.sharding == NamedSharding(mesh, P("fsdp")) and {s.data.shape[0] for s in q.addressable_shards} == {
       q.shape[0] // 4}
   jax.tree.map(np.testing.assert_array_equal, nnx.state(placed), nnx.state(plain))
+
+
+def test_a_workdir_stands_for_its_hf_export_and_dtypes_may_be_objects(good_dir, tmp_path):
+  import shutil
+  shutil.copytree(good_dir, tmp_path / "hf")
+  (tmp_path / "config.json").write_text(json.dumps({"task": "easy"}))  # an experiment's config, not a model's
+  model = jm.from_pretrained(str(tmp_path), dtype=jax.numpy.float32)
+  reference = jm.from_pretrained(str(good_dir))
+  jax.tree.map(np.testing.assert_array_equal, nnx.state(model), nnx.state(reference))
