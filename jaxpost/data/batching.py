@@ -17,7 +17,8 @@ def _fit(example: TokenizedExample, seq_len: int, truncate: bool, where: str) ->
     return example
   if not truncate:
     raise ValueError(f"{where} has {len(example)} tokens > seq_len {seq_len} (pass truncate=True to cut it)")
-  return TokenizedExample(tokens_T=example.tokens_T[:seq_len], loss_mask_T=example.loss_mask_T[:seq_len])
+  return TokenizedExample(tokens_T=example.tokens_T[:seq_len], loss_mask_T=example.loss_mask_T[:seq_len],
+                          source=example.source)
 
 
 def pack_rows(lengths: Sequence[int], *, seq_len: int) -> list[list[int]]:
@@ -43,7 +44,7 @@ def packed_batch(rows: Sequence[Sequence[TokenizedExample]], *, seq_len: int, pa
   for b, row in enumerate(rows):
     start = 0
     for s, example in enumerate(row):
-      example = _fit(example, seq_len, truncate, f"row {b} example {s}")
+      example = _fit(example, seq_len, truncate, example.source or f"row {b} example {s}")
       end = start + len(example)
       if end > seq_len:
         raise ValueError(f"row {b} holds {end} tokens > seq_len {seq_len}")

@@ -71,7 +71,7 @@ def _collect(rows: Iterable[tuple[str, Any]], fmt: RecordFormat, source: str) ->
     try:
       if isinstance(raw, _BadRecord):
         raise raw
-      records.append(_record(raw, fmt))
+      records.append({**_record(raw, fmt), "source": where})
     except _BadRecord as e:
       if fmt.on_error == "raise":
         raise ValueError(f"{where}: {e}") from None

@@ -19,6 +19,7 @@ class TokenizedExample:
 
   tokens_T: np.ndarray
   loss_mask_T: np.ndarray
+  source: str | None = None  # where the record came from ("data.jsonl:7"), for error messages
 
   def __post_init__(self):
     if self.tokens_T.ndim != 1 or self.tokens_T.shape != self.loss_mask_T.shape:
@@ -51,7 +52,8 @@ def encode_record(tokenizer: Any, record: Mapping[str, str]) -> TokenizedExample
   completion_ids = encode_completion(tokenizer, record["completion"])
   return TokenizedExample(
       tokens_T=np.asarray(prompt_ids + completion_ids, dtype=np.int32),
-      loss_mask_T=np.asarray([0] * len(prompt_ids) + [1] * len(completion_ids), dtype=np.int32))
+      loss_mask_T=np.asarray([0] * len(prompt_ids) + [1] * len(completion_ids), dtype=np.int32),
+      source=record.get("source"))
 
 
 def encode_records(tokenizer: Any, records: list[Mapping[str, str]], *,

@@ -15,7 +15,9 @@ class SamplingConfig:
   `n` samples are drawn per prompt (rows i*n .. i*n+n-1 belong to prompt i). Generation of a row stops after any
   of `stop_ids`; `pad_id` fills the completion after it. The decode runs as up to `decode_segments` loops (each
   at least 32 steps) whose attention reads only the cache columns filled by the loop's end: fewer bytes per step,
-  one more compiled copy of the model step per loop; 1 gives a single loop over the whole cache.
+  one more compiled copy of the model step per loop; 1 gives a single loop over the whole cache. `prefill_chunk`
+  > 0 feeds the prompt that many columns at a time (`lax.scan`), so a compressed cache needs room for its live
+  tokens plus one chunk rather than for the whole prompt; the result equals the one-shot prefill.
   """
 
   completion_len: int
@@ -26,6 +28,7 @@ class SamplingConfig:
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
   decode_segments: int = 4
+  prefill_chunk: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))  # hashable, also from lists
@@ -43,6 +46,9 @@ class SamplingConfig:
       raise ValueError(f"SamplingConfig.stop_ids must be non-negative token ids, got {self.stop_ids!r}")
     if self.pad_id < 0:
       raise ValueError(f"SamplingConfig.pad_id must be >= 0, got {self.pad_id}")
+    if self.prefill_chunk < 0:
+      raise ValueError(f"SamplingConfig.prefill_chunk must be >= 0 (0 = the whole prompt at once), got "
+                       f"{self.prefill_chunk}")
     if self.decode_segments < 1:
       raise ValueError(f"SamplingConfig.decode_segments must be >= 1, got {self.decode_segments}")
     if self.greedy and (self.top_k or self.top_p < 1.0):

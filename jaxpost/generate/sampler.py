@@ -108,7 +108,11 @@ def _generate(model: Decoder, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg:
   stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
   next_position_N = jnp.sum(prompt_mask_NxP, axis=1)  # position of the first completion token
 
-  empty_cache = jax.tree.map(shard, cache_factory(model.cfg, n_rows, p + c))
+  chunk = cfg.prefill_chunk if 0 < cfg.prefill_chunk < p else p
+  width = -(-p // chunk) * chunk  # the prompt left-padded to whole chunks: the cache's first `width` columns
+  fed_NxW = jnp.pad(prompt_NxP, ((0, 0), (width - p, 0)), constant_values=cfg.pad_id)
+  fed_mask_NxW = jnp.pad(prompt_mask_NxP, ((0, 0), (width - p, 0)))
+  empty_cache = jax.tree.map(shard, cache_factory(model.cfg, n_rows, width + c))
 
   def last_logits(tokens_NxT, rotations, segment_ids_NxT, cache):
     """Logits of the last position only; the cache keeps the structure it came in with, so that static
@@ -147,8 +151,20 @@ def _generate(model: Decoder, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg:
     logits_NxV, cache = last_logits(previous_N, rotations_Nx1, (~s.done_N)[:, None].astype(jnp.int32), s.cache)
     return record(s, logits_NxV, cache)
 
-  positions_NxP = jnp.maximum(jnp.cumsum(prompt_mask_NxP, axis=1) - 1, 0)
-  logits_NxV, cache = last_logits(prompt_NxP, rotations_at(positions_NxP), prompt_mask_NxP, empty_cache.read_first(p))
+  positions_NxW = jnp.maximum(jnp.cumsum(fed_mask_NxW, axis=1) - 1, 0)
+
+  def prefill(cache, chunk_xs):
+    tokens_NxK, mask_NxK, positions_NxK = chunk_xs
+    logits_NxV, cache = last_logits(tokens_NxK, rotations_at(positions_NxK), mask_NxK, cache)
+    return cache, logits_NxV
+
+  if width == chunk:  # one shot
+    cache, logits_NxV = prefill(empty_cache.read_first(width), (fed_NxW, fed_mask_NxW, positions_NxW))
+  else:
+    by_chunk = lambda x: x.reshape(n_rows, width // chunk, chunk).swapaxes(0, 1)
+    cache, logits_CxNxV = jax.lax.scan(prefill, empty_cache.read_first(width),
+                                       (by_chunk(fed_NxW), by_chunk(fed_mask_NxW), by_chunk(positions_NxW)))
+    logits_NxV = logits_CxNxV[-1]  # the prompt's last column is a real token in every (left-padded) row
   zeros_NxC = shard(jnp.zeros((n_rows, c), jnp.float32))
   start = _LoopState(step=jnp.zeros((), jnp.int32), tokens_NxC=zeros_NxC.astype(jnp.int32), logps_NxC=zeros_NxC,
                      sampling_logps_NxC=zeros_NxC, mask_NxC=zeros_NxC.astype(jnp.int32),
@@ -156,7 +172,7 @@ def _generate(model: Decoder, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg:
   last = record(start, logits_NxV, cache)
   for stop in _segment_stops(c, cfg.decode_segments):  # steps before `stop` write columns below p + stop
     keep_going = lambda s, stop=stop: (s.step < stop) & ~jnp.all(s.done_N)
-    last = jax.lax.while_loop(keep_going, decode_step, last.replace(cache=last.cache.read_first(p + stop)))
+    last = jax.lax.while_loop(keep_going, decode_step, last.replace(cache=last.cache.read_first(width + stop)))
   return Rollout(prompt_tokens=prompt_NxP, prompt_mask=prompt_mask_NxP, completion_tokens=last.tokens_NxC,
                  completion_mask=last.mask_NxC, logps=last.logps_NxC, sampling_logps=last.sampling_logps_NxC,
                  lengths=jnp.sum(last.mask_NxC, axis=1), stopped=last.stopped_N,

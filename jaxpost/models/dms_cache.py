@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import flax.struct
@@ -138,15 +139,38 @@ def capacity_for_budget(cfg: ModelConfig, batch_size: int, budget_bytes: int, dt
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DMSCacheFactory:
-  """A hashable `cache_factory(model_cfg, batch_size, capacity)` for the sampler: the requested capacity (dense
-  length), capped by `budget_bytes` of KV memory when given."""
+  """A hashable `cache_factory(model_cfg, batch_size, capacity)` for the sampler. The requested capacity (the dense
+  length, prompt + completion) is capped by each bound given: `budget_bytes` of KV memory over all layers and rows;
+  `budget_tokens` slots per (row, KV head); `compression`, the model's target compression ratio, as
+  ceil(length / compression) + window + `margin` slots. With a cap below the prompt length, feed the prompt in
+  chunks (`SamplingConfig.prefill_chunk` <= margin): a row that still runs out is marked in `Rollout.overflow`."""
 
   budget_bytes: int | None = None
+  budget_tokens: int | None = None
+  compression: float | None = None
+  margin: int = 16
+
+  def __post_init__(self):
+    if self.budget_tokens is not None and self.budget_tokens < 1:
+      raise ValueError(f"DMSCacheFactory.budget_tokens must be >= 1, got {self.budget_tokens}")
+    if self.compression is not None and self.compression < 1:
+      raise ValueError(f"DMSCacheFactory.compression must be >= 1, got {self.compression}")
+    if self.margin < 0:
+      raise ValueError(f"DMSCacheFactory.margin must be >= 0, got {self.margin}")
+
+  def capacity(self, cfg: ModelConfig, batch_size: int, length: int, dtype=None) -> int:
+    """Slots per (row, KV head) for sequences of `length` tokens under the bounds given."""
+    bounds = [length]
+    if self.budget_bytes is not None:
+      bounds.append(capacity_for_budget(cfg, batch_size, self.budget_bytes, dtype))
+    if self.budget_tokens is not None:
+      bounds.append(self.budget_tokens)
+    if self.compression is not None:
+      bounds.append(math.ceil(length / self.compression) + (cfg.dms.window if cfg.dms else 0) + self.margin)
+    return min(bounds)
 
   def __call__(self, cfg: ModelConfig, batch_size: int, capacity: int, dtype=None) -> DMSKVCache:
-    if self.budget_bytes is not None:
-      capacity = min(capacity, capacity_for_budget(cfg, batch_size, self.budget_bytes, dtype))
-    return DMSKVCache.create(cfg, batch_size, capacity, dtype)
+    return DMSKVCache.create(cfg, batch_size, self.capacity(cfg, batch_size, capacity, dtype), dtype)
 
 
 # ------------------------------------------------------------------------------------------ one (sequence, KV head)

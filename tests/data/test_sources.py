@@ -15,6 +15,11 @@ from jaxpost.errors import JaxpostError
 RECORDS = [{"question": f"{i}+{i}", "solution": f"={2 * i}", "final": 2 * i if i % 2 else str(2 * i)}
            for i in range(6)]
 FMT = sources.RecordFormat(prompt_key="question", completion_key="solution", answer_key="final")
+def _fields(records):
+  """The records without their "source" (where each came from), checked on its own below."""
+  return [{k: v for k, v in r.items() if k != "source"} for r in records]
+
+
 EXPECTED = [{"prompt": f"{i}+{i}", "completion": f"={2 * i}", "answer": str(2 * i)} for i in range(6)]
 
 
@@ -25,10 +30,20 @@ def _write_jsonl(path, lines):
 
 def test_jsonl(tmp_path):
   path = _write_jsonl(tmp_path / "d.jsonl", [json.dumps(r) for r in RECORDS] + [""])
-  assert sources.load_jsonl(path, FMT) == EXPECTED
-  assert sources.load_records(path, FMT) == EXPECTED
+  assert _fields(sources.load_jsonl(path, FMT)) == EXPECTED
+  assert _fields(sources.load_records(path, FMT)) == EXPECTED
   prompts_only = sources.RecordFormat(prompt_key="question", completion_key=None)
-  assert sources.load_jsonl(path, prompts_only) == [{"prompt": r["prompt"]} for r in EXPECTED]
+  assert _fields(sources.load_jsonl(path, prompts_only)) == [{"prompt": r["prompt"]} for r in EXPECTED]
+  assert [r["source"] for r in sources.load_jsonl(path, FMT)] == [f"{path}:{i}" for i in range(1, 7)]
+
+
+def test_a_record_longer_than_seq_len_is_named_by_its_file_and_line(tmp_path):
+  from jaxpost.data import IteratorConfig, arith_tokenizer, encode_records, sft_iterator
+  path = _write_jsonl(tmp_path / "long.jsonl", [json.dumps({"question": "1+1", "solution": "=" + "2" * 40,
+                                                             "final": "2"})])
+  examples = encode_records(arith_tokenizer(), sources.load_jsonl(path, FMT))
+  with pytest.raises(ValueError, match=rf"{path}:1 has \d+ tokens > seq_len 16"):
+    next(sft_iterator(examples, IteratorConfig(batch_size=1), seq_len=16))
 
 
 @pytest.mark.parametrize("line,message", [
@@ -52,14 +67,14 @@ def test_jsonl_malformed_skipped_and_counted(tmp_path):
   skip = sources.RecordFormat(prompt_key="question", completion_key="solution", answer_key="final", on_error="skip")
   with pytest.warns(UserWarning, match=r"skipped 2 malformed records of 6 \(first: .*d.jsonl:2: invalid JSON"):
     records = sources.load_jsonl(path, skip)
-  assert records == [EXPECTED[i] for i in (0, 2, 3, 5)]
+  assert _fields(records) == [EXPECTED[i] for i in (0, 2, 3, 5)]
 
 
 def test_parquet(tmp_path):
   path = tmp_path / "d.parquet"
   pq.write_table(pa.Table.from_pylist([dict(r, final=str(r["final"])) for r in RECORDS]), path)
-  assert sources.load_parquet(path, FMT) == EXPECTED
-  assert sources.load_records(path, FMT) == EXPECTED
+  assert _fields(sources.load_parquet(path, FMT)) == EXPECTED
+  assert _fields(sources.load_records(path, FMT)) == EXPECTED
   bad = tmp_path / "bad.parquet"
   pq.write_table(pa.table({"question": ["1", "2", None], "solution": ["a", "b", "c"], "final": ["1", "2", "3"]}), bad)
   with pytest.raises(ValueError, match=r"bad.parquet: row 2: key 'question' must be a string, got NoneType"):
@@ -70,13 +85,13 @@ def test_hf_datasets_from_local_files(tmp_path):
   rows = [dict(r, final=str(r["final"])) for r in RECORDS]
   disk = tmp_path / "saved"
   datasets.Dataset.from_list(rows).save_to_disk(str(disk))
-  assert sources.load_hf_dataset(disk, FMT) == EXPECTED
-  assert sources.load_records(disk, FMT) == EXPECTED
+  assert _fields(sources.load_hf_dataset(disk, FMT)) == EXPECTED
+  assert _fields(sources.load_records(disk, FMT)) == EXPECTED
   jsonl = _write_jsonl(tmp_path / "d.jsonl", [json.dumps(r) for r in rows])
-  assert sources.load_hf_dataset(jsonl, FMT, cache_dir=str(tmp_path / "cache")) == EXPECTED
+  assert _fields(sources.load_hf_dataset(jsonl, FMT, cache_dir=str(tmp_path / "cache"))) == EXPECTED
   parquet = tmp_path / "d.parquet"
   pq.write_table(pa.Table.from_pylist(rows), parquet)
-  assert sources.load_hf_dataset(parquet, FMT, cache_dir=str(tmp_path / "cache")) == EXPECTED
+  assert _fields(sources.load_hf_dataset(parquet, FMT, cache_dir=str(tmp_path / "cache"))) == EXPECTED
   missing = sources.RecordFormat(prompt_key="question", completion_key="answer_text")
   with pytest.raises(ValueError, match=r"saved: row 0: missing key 'answer_text'"):
     sources.load_hf_dataset(disk, missing)
@@ -104,7 +119,7 @@ def test_tfds_from_data_dir(tmp_path):
   JaxpostTinyRecords(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
   records = sources.load_tfds("jaxpost_tiny_records", data_dir=tmp_path, split="train", fmt=FMT)
   key = lambda r: r["prompt"]  # tfds stores examples in its own (hashed) order.
-  assert sorted(records, key=key) == sorted(EXPECTED, key=key)
+  assert sorted(_fields(records), key=key) == sorted(EXPECTED, key=key)
 
 
 def test_record_format_validates():

@@ -1,5 +1,7 @@
 """The DMS-compressed KV cache against the training forward (hard decisions, no noise) and a brute-force count."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,3 +145,36 @@ def test_generate_reports_overflow_on_exactly_the_rows_that_ran_out_of_slots():
   assert np.asarray(bounded.overflow).tolist() == [True, False]
   assert not np.asarray(unbounded.overflow).any()
   np.testing.assert_array_equal(np.asarray(bounded.completion_tokens)[1], np.asarray(unbounded.completion_tokens)[1])
+
+
+@pytest.mark.parametrize("factory", [jm.DenseKVCache.create, DMSCacheFactory()], ids=["dense", "dms"])
+def test_chunked_prefill_equals_the_one_shot_prefill(factory):
+  from jaxpost.generate import SamplingConfig, generate
+
+  model = _model("adapter")
+  tokens, valid, _ = _left_padded_batch()
+  one_shot = SamplingConfig(completion_len=6, temperature=0.0)
+  whole = generate(model, tokens, valid, cfg=one_shot, cache_factory=factory)
+  chunked = generate(model, tokens, valid, cfg=dataclasses.replace(one_shot, prefill_chunk=3), cache_factory=factory)
+  np.testing.assert_array_equal(np.asarray(chunked.completion_tokens), np.asarray(whole.completion_tokens))
+  np.testing.assert_allclose(np.asarray(chunked.logps), np.asarray(whole.logps), atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(chunked.prompt_tokens), tokens)
+
+
+def test_a_compressed_capacity_below_the_prompt_works_with_chunked_prefill():
+  from jaxpost.generate import SamplingConfig, generate
+
+  model = _model("adapter")
+  for layer in model.layers:  # every token is evicted once it leaves the window of 3: 3 + 1 live at most
+    layer.attn.dms_proj.bias.set_value(jnp.full(layer.attn.dms_proj.bias.shape, 5.0))
+  tokens, valid, _ = _left_padded_batch()
+  factory = DMSCacheFactory(compression=8.0, margin=4)
+  assert factory.capacity(model.cfg, 3, N + 6) == -(-(N + 6) // 8) + 3 + 4 == 11  # of a dense 26
+  assert factory.capacity(model.cfg, 3, 8) == 8  # never more than the dense length
+  sampling = SamplingConfig(completion_len=6, temperature=0.0, prefill_chunk=4)
+  chunked = generate(model, tokens, valid, cfg=sampling, cache_factory=factory)
+  unbounded = generate(model, tokens, valid, cfg=sampling, cache_factory=DMSCacheFactory())
+  one_shot = generate(model, tokens, valid, cfg=dataclasses.replace(sampling, prefill_chunk=0), cache_factory=factory)
+  assert not np.asarray(chunked.overflow).any()
+  assert np.asarray(one_shot.overflow).tolist() == [True, True, True]  # 20, 15 and 12 prompt tokens > 11 slots
+  np.testing.assert_array_equal(np.asarray(chunked.completion_tokens), np.asarray(unbounded.completion_tokens))
