@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxpost.models.flash_attention import blockwise_attention
+from jaxpost.models.masking import MASKED
 from jaxpost.models.platform_attention import cudnn_attention, splash_attention
 
-_MASKED = -1e30  # finite, so a query that sees no key (padding) gives a uniform row, not NaN
 ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "blockwise", "splash", "cudnn")
 
 
@@ -96,7 +96,7 @@ def head_major_attention(q_BxTxHxD: jax.Array, k_BxKxDxS: jax.Array, v_BxKxSxD: 
                                 preferred_element_type=jnp.float32) * (d ** -0.5)
   if bias_BxKxTxS is not None:
     scores_BxKxGxTxS = scores_BxKxGxTxS + bias_BxKxTxS[:, :, None].astype(jnp.float32)
-  scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, _MASKED)
+  scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, MASKED)
   probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxKxSxD.dtype)
   out_BxKxGxTxD = jnp.einsum("bkgts,bksd->bkgtd", probs, v_BxKxSxD)
   return jnp.transpose(out_BxKxGxTxD, (0, 3, 1, 2, 4)).reshape(b, t, h, d)
@@ -112,7 +112,7 @@ def _one_query_attention(q_Bx1xHxD, k_BxKxDxS, v_BxKxSxD, mask_Bx1xS, bias_BxKx1
   scores_BxKxGxS = jnp.sum(q_BxKxGxDx1 * k_BxKxDxS[:, :, None].astype(jnp.float32), axis=-2) * (d ** -0.5)
   if bias_BxKx1xS is not None:
     scores_BxKxGxS = scores_BxKxGxS + bias_BxKx1xS.astype(jnp.float32)
-  scores_BxKxGxS = jnp.where(mask_Bx1xS[:, None], scores_BxKxGxS, _MASKED)
+  scores_BxKxGxS = jnp.where(mask_Bx1xS[:, None], scores_BxKxGxS, MASKED)
   probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(v_BxKxSxD.dtype)
   out_BxKxGxD = jnp.sum(probs_BxKxGxS[..., None] * v_BxKxSxD[:, :, None], axis=-2)
   return out_BxKxGxD.reshape(b, 1, h, d)

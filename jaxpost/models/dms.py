@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxpost.models.attention import dense_key_bias, sequence_attention
+from jaxpost.models.masking import MASKED
 
 DMS_VARIANTS = ("query_neuron", "adapter")
 DMS_MODES = ("soft", "hard")  # training relaxation | inference decisions (a > 0)
-MASKED = -1e30  # finite: a query whose keys are all masked gets a uniform row instead of NaN
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxpost.models.attention import grouped_attention
 from jaxpost.models.config import ModelConfig
-from jaxpost.models.dms import MASKED
+from jaxpost.models.masking import MASKED
 
 
 class DMSLayerCache(NamedTuple):

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-_MASKED = -1e30  # attention._MASKED: the same finite score for invisible keys, so both agree to the last bit
+from jaxpost.models.masking import MASKED
+
 
 
 def blockwise_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,
@@ -53,7 +54,7 @@ def _at(x_Nx: jax.Array | None, i: jax.Array) -> jax.Array | None:
 
 
 def _block_scores(q_BxKxGxCxD, k_BxKxCxD, seg_q_BxC, seg_k_BxC, bias_BxKxC, offset, window):
-  """(float32 scores [B,K,G,C,C] with invisible keys at _MASKED, visible [B,1,1,C,C], far [C,C]) of one query
+  """(float32 scores [B,K,G,C,C] with invisible keys at MASKED, visible [B,1,1,C,C], far [C,C]) of one query
   block against one key block whose first token lies `offset` tokens before the query block's; `far` marks the
   entries beyond `window`, where the key bias applies. The same arithmetic as the reference, in the same order."""
   c, d = q_BxKxGxCxD.shape[-2:]
@@ -66,7 +67,7 @@ def _block_scores(q_BxKxGxCxD, k_BxKxCxD, seg_q_BxC, seg_k_BxC, bias_BxKxC, offs
     scores_BxKxGxCxC = scores_BxKxGxCxC + jnp.where(far_CxC, bias_BxKx1x1xC, 0.0)
   visible_BxCxC = (distance_CxC >= 0) & (seg_q_BxC[:, :, None] == seg_k_BxC[:, None, :])
   visible_Bx1x1xCxC = visible_BxCxC[:, None, None]
-  return jnp.where(visible_Bx1x1xCxC, scores_BxKxGxCxC, _MASKED), visible_Bx1x1xCxC, far_CxC
+  return jnp.where(visible_Bx1x1xCxC, scores_BxKxGxCxC, MASKED), visible_Bx1x1xCxC, far_CxC
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -96,7 +97,7 @@ def _flash_forward(q_NxBxKxGxCxD, k_NxBxKxCxD, v_NxBxKxCxD, seg_NxBxC, bias_NxBx
               acc_BxKxGxCxD * rescale[..., None] + pv_BxKxGxCxD)
 
     rows = q_BxKxGxCxD.shape[:-1]
-    init = (jnp.full(rows, _MASKED), jnp.zeros(rows), jnp.zeros(q_BxKxGxCxD.shape, jnp.float32))
+    init = (jnp.full(rows, MASKED), jnp.zeros(rows), jnp.zeros(q_BxKxGxCxD.shape, jnp.float32))
     max_BxKxGxC, sum_BxKxGxC, acc_BxKxGxCxD = lax.fori_loop(0, i + 1, key_block, init)
     out_BxKxGxCxD = (acc_BxKxGxCxD / sum_BxKxGxC[..., None]).astype(v_NxBxKxCxD.dtype)
     return None, (out_BxKxGxCxD, max_BxKxGxC + jnp.log(sum_BxKxGxC))

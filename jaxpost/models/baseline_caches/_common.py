@@ -10,7 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-MASKED = -1e30  # as in attention.py: finite, so a query that sees no key gives a uniform row, not NaN
+from jaxpost.models.masking import MASKED
+
 
 
 def attention_with_probs(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,

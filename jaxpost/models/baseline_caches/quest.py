@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxpost.models.attention import grouped_attention
-from jaxpost.models.baseline_caches._common import MASKED, check_positive, slot_bytes
+from jaxpost.models.baseline_caches._common import check_positive, slot_bytes
 from jaxpost.models.config import ModelConfig
+from jaxpost.models.masking import MASKED
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
