@@ -14,17 +14,14 @@ import ml_collections
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jaxpost import data, hosts, models, rewards  # noqa: E402
+from jaxpost import data, hosts, models, rewards, rl  # noqa: E402
 from jaxpost.evaluate import task_evaluator  # noqa: E402
 from jaxpost.errors import JaxpostError  # noqa: E402
 from jaxpost.files import write_text_atomic  # noqa: E402
-from jaxpost.losses import (GRPOConfig, LUFFYConfig, PrefixRFTConfig, make_grpo_loss, make_luffy_loss,  # noqa: E402
-                            make_prefix_rft_loss)
+from jaxpost.losses import GRPOConfig  # noqa: E402
 from jaxpost.train import CheckpointConfig, MeshConfig, OptimizerConfig, export_hf, read_metrics  # noqa: E402
-from jaxpost.train.experience import GRPOMethod, LUFFYMethod, PrefixRFTMethod, RolloutConfig  # noqa: E402
+from jaxpost.train.experience import RolloutConfig  # noqa: E402
 from jaxpost.train.rl import RLConfig, rl_train  # noqa: E402
-
-METHODS = ("grpo", "prefix_rft", "luffy")
 
 
 def rl_config(method: str) -> ml_collections.ConfigDict:
@@ -59,18 +56,12 @@ def rl_config(method: str) -> ml_collections.ConfigDict:
   return c
 
 
-def method_and_loss(c: ml_collections.ConfigDict):
-  """The rollout method and the loss function named by `c.method`."""
+def algorithm_of(c: ml_collections.ConfigDict) -> rl.Algorithm:
+  """The RL algorithm named by `c.method` (`jaxpost.rl`), with this experiment's settings."""
   policy = GRPOConfig(loss_type=c.loss_type, beta=c.beta, max_completion_length=c.completion_len,
                       temperature=c.temperature)
-  if c.method == "grpo":
-    return GRPOMethod(), make_grpo_loss(policy)
-  if c.method == "prefix_rft":
-    prefix = PrefixRFTConfig(**c.prefix.to_dict(), policy=policy)
-    return PrefixRFTMethod(cfg=prefix), make_prefix_rft_loss(prefix)
-  if c.method == "luffy":
-    return LUFFYMethod(), make_luffy_loss(LUFFYConfig(gamma=c.luffy_gamma, policy=policy))
-  raise ValueError(f"config.method {c.method!r} is not one of {METHODS}")
+  options = {"prefix_rft": c.prefix.to_dict(), "luffy": {"gamma": c.luffy_gamma}}.get(c.method, {})
+  return rl.build(c.method, policy, options)
 
 
 def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -83,7 +74,7 @@ def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   train_records = data.make_dataset(c.task, "train", c.num_train, seed=c.seed)
   eval_records = data.make_dataset(c.task, "test", c.num_eval, seed=c.seed + 1)
   evaluator = task_evaluator(tokenizer, eval_records, task=c.task, completion_len=c.completion_len)
-  method, loss_fn = method_and_loss(c)
+  algorithm = algorithm_of(c)
   rollout = RolloutConfig(group_size=c.group_size, completion_len=c.completion_len, temperature=c.temperature,
                           stop_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id, pad_multiple=16)
   cfg = RLConfig(total_steps=c.steps, num_iterations=c.num_iterations, num_minibatches=c.num_minibatches,
@@ -96,7 +87,7 @@ def run_rl(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   prompts = data.prompt_iterator(train_records, tokenizer,
                                  data.IteratorConfig(batch_size=c.prompts_per_step, seed=c.seed))
   graphdef, state = rl_train(
-      model_fn=models.Pretrained(c.checkpoint), loss_fn=loss_fn, method=method, rollout=rollout,
+      model_fn=models.Pretrained(c.checkpoint), loss_fn=algorithm.loss_fn, method=algorithm.method, rollout=rollout,
       prompts=prompts, reward_fn=rewards.arith_exact_match,
       decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), workdir=workdir, cfg=cfg,
       evaluate=evaluator)

@@ -2,10 +2,9 @@
 supervised loop and the RL loop."""
 
 from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer, abstract_state, export_hf
-from jaxpost.train.experience import (GRPOMethod, LUFFYMethod, Method, PrefixRFTMethod, RolloutConfig,
-                                      make_experience, sample_rollouts)
-from jaxpost.train.loop import DataIterator, NonFiniteLossError, TrainConfig, check_finite, initial_state, train
 from jaxpost.train.distributed import DistributedConfig, initialize_distributed
+from jaxpost.train.experience import Method, RolloutConfig, make_experience, sample_rollouts
+from jaxpost.train.loop import DataIterator, NonFiniteLossError, TrainConfig, check_finite, initial_state, train
 from jaxpost.train.mesh import MESH_AXES, MeshConfig, make_mesh
 from jaxpost.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from jaxpost.train.partition import (BATCH_AXES, DEFAULT_RULES, Rules, batch_sharding, param_shardings, path_str,
@@ -17,9 +16,8 @@ from jaxpost.train.step import DENOMINATOR, LossFn, accumulate_gradients, make_t
 
 __all__ = [
     "BATCH_AXES", "CheckpointConfig", "Checkpointer", "DEFAULT_RULES", "DENOMINATOR", "DataIterator", "DistributedConfig",
-    "GRPOMethod",
-    "LUFFYMethod", "LossFn", "MESH_AXES", "METRICS_FILE", "MeshConfig", "Method", "MetricsWriter",
-    "NonFiniteLossError", "OptimizerConfig", "PrefixRFTMethod", "RLConfig", "RolloutConfig", "Rules", "TrainConfig",
+    "LossFn", "MESH_AXES", "METRICS_FILE", "MeshConfig", "Method", "MetricsWriter",
+    "NonFiniteLossError", "OptimizerConfig", "RLConfig", "RolloutConfig", "Rules", "TrainConfig",
     "TrainState", "abstract_state", "accumulate_gradients", "batch_sharding", "check_finite", "create_train_state",
     "decay_mask", "export_hf", "init_params", "initial_state", "initialize_distributed", "make_experience",
     "make_mesh", "make_optimizer", "make_schedule", "make_train_step", "param_shardings", "path_str", "read_metrics",

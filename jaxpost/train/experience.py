@@ -1,9 +1,7 @@
 """One RL step's experience: rollouts (optionally from demonstration prefixes) -> rewards -> advantages -> batch.
 
-The three methods share the rollout code and differ only in two small choices, made by their configs:
-- how many tokens of the demonstration each rollout starts from (GRPO: none; Prefix-RFT: a scheduled random
-  prefix for `n_prefix` of the G rollouts; LUFFY: the whole demonstration for one of them), and
-- how rewards become advantages (SPEC §3 group advantages; §4 on-policy baseline; LUFFY `r - mean` over all G).
+Every algorithm shares the rollout code and differs only in a `Method`, defined with the algorithm in
+`jaxpost.rl`: how many tokens of the demonstration each rollout starts from, and how rewards become advantages.
 
 Letters: B prompts, G rollouts per prompt, N = B*G rows, P prompt length, C completion length.
 """
@@ -22,8 +20,7 @@ from jax.sharding import Mesh
 from jaxpost import hosts
 from jaxpost.data import PromptBatch
 from jaxpost.generate import SamplingConfig, generate, left_pad
-from jaxpost.losses import (PrefixRFTConfig, build_hybrid_completions, group_advantages, is_prefixed_rollout,
-                            prefix_rft_advantages, sample_prefix_lengths)
+from jaxpost.losses import build_hybrid_completions
 from jaxpost.rewards import RewardFn
 from jaxpost.rewards.guard import RewardGuard
 from jaxpost.train.partition import batch_sharding
@@ -63,54 +60,6 @@ class Method(Protocol):
   def prefix_lengths(self, rng: jax.Array, demo_lens_N: np.ndarray, step: int, group_size: int) -> np.ndarray: ...
 
   def advantages(self, rewards_N: np.ndarray, prefix_mask_NxC: np.ndarray, group_size: int) -> np.ndarray: ...
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class GRPOMethod:
-  """Every rollout on-policy; advantages by `group_advantages` (SPEC §3)."""
-
-  estimator: str = "grpo"
-  scale: str | None = None
-  eps: float = 1e-4
-  needs_demonstrations: bool = False
-
-  def prefix_lengths(self, rng, demo_lens_N, step, group_size):
-    return np.zeros_like(demo_lens_N)
-
-  def advantages(self, rewards_N, prefix_mask_NxC, group_size):
-    return np.asarray(group_advantages(jnp.asarray(rewards_N), group_size, estimator=self.estimator,
-                                       scale=self.scale, eps=self.eps))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PrefixRFTMethod:
-  """`n_prefix` of each group's rollouts continue a scheduled demonstration prefix (SPEC §4)."""
-
-  cfg: PrefixRFTConfig = PrefixRFTConfig()
-  needs_demonstrations: bool = True
-
-  def prefix_lengths(self, rng, demo_lens_N, step, group_size):
-    lengths = np.asarray(sample_prefix_lengths(rng, jnp.asarray(demo_lens_N), step, self.cfg))
-    prefixed = np.asarray(is_prefixed_rollout(len(demo_lens_N), group_size, self.cfg.n_prefix))
-    return np.where(prefixed, lengths, 0)
-
-  def advantages(self, rewards_N, prefix_mask_NxC, group_size):
-    prefixed = np.asarray(is_prefixed_rollout(len(rewards_N), group_size, self.cfg.n_prefix))
-    return np.asarray(prefix_rft_advantages(jnp.asarray(rewards_N), jnp.asarray(prefixed),
-                                            jnp.asarray(prefix_mask_NxC), group_size, mode=self.cfg.advantage_mode))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LUFFYMethod:
-  """The first rollout of each group is the whole demonstration; advantages r - mean over all G (SPEC §4)."""
-
-  needs_demonstrations: bool = True
-
-  def prefix_lengths(self, rng, demo_lens_N, step, group_size):
-    return np.where(np.asarray(is_prefixed_rollout(len(demo_lens_N), group_size, 1)), demo_lens_N, 0)
-
-  def advantages(self, rewards_N, prefix_mask_NxC, group_size):
-    return np.asarray(group_advantages(jnp.asarray(rewards_N), group_size, estimator="dr_grpo"))
 
 
 def sample_rollouts(model, prompts: PromptBatch, rng: jax.Array, prefix_lens_N: np.ndarray, *,

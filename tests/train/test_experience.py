@@ -9,8 +9,8 @@ import jaxpost.models as jm
 from jaxpost.data import PromptBatch
 from jaxpost.generate import SamplingConfig, generate, left_pad
 from jaxpost.losses import PrefixRFTConfig, group_advantages, policy_loss
-from jaxpost.train.experience import (GRPOMethod, LUFFYMethod, PrefixRFTMethod, RolloutConfig, informative_groups,
-                                      make_experience, trim_completions)
+from jaxpost.rl import GRPOMethod, LUFFYMethod, PrefixRFTMethod
+from jaxpost.train.experience import RolloutConfig, informative_groups, make_experience, trim_completions
 
 G, C = 4, 12
 

@@ -11,7 +11,8 @@ import jaxpost.models as jm
 from jaxpost import data
 from jaxpost.losses import GRPOConfig, make_grpo_loss
 from jaxpost.train import CheckpointConfig, OptimizerConfig, read_metrics
-from jaxpost.train.experience import GRPOMethod, RolloutConfig
+from jaxpost.rl import GRPOMethod
+from jaxpost.train.experience import RolloutConfig
 from jaxpost.train.rl import RLConfig, rl_train
 
 TOKENIZER = data.arith_tokenizer()
