@@ -1,13 +1,13 @@
 """The RL loop: prompts -> rollouts -> rewards -> advantages -> `num_iterations` x mini-batch updates.
 
-It shares the training core's state, jitted step, checkpoints (exact resume, data position included) and metrics
-writer; what differs per method (GRPO, Prefix-RFT, LUFFY) lives in `experience.py` and in the loss function.
+It runs on the same `training_session` as the supervised loop (state, jitted step, checkpoints with exact resume,
+data position included, metrics, NaN stop); what differs per algorithm lives in `jaxpost.rl` (rollout starts,
+advantages, loss) and the shared rollout code in `experience.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 
@@ -20,15 +20,13 @@ from jaxpost.data import PromptBatch
 from jaxpost.losses import completion_logps
 from jaxpost.rewards import RewardFn
 from jaxpost.rewards.guard import RewardGuard
-from jaxpost.train.checkpoint import CheckpointConfig, Checkpointer
+from jaxpost.train.checkpoint import CheckpointConfig
 from jaxpost.train.experience import Method, RolloutConfig, informative_groups, make_experience, trim_completions
-from jaxpost.train.loop import check_finite, initial_state
-from jaxpost.train.distributed import initialize_distributed
-from jaxpost.train.mesh import MeshConfig, make_mesh
-from jaxpost.train.metrics import MetricsWriter
+from jaxpost.train.mesh import MeshConfig
 from jaxpost.train.partition import DEFAULT_RULES, Rules, shard_batch, traced_on
+from jaxpost.train.session import training_session
 from jaxpost.train.state import OptimizerConfig, init_params
-from jaxpost.train.step import LossFn, make_train_step
+from jaxpost.train.step import LossFn
 
 # Host-side bookkeeping arrays of the experience that the loss does not read.
 _NOT_FOR_LOSS = ("rewards",)
@@ -83,33 +81,26 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
   Returns (graphdef, final state). `evaluate(model)` metrics are logged under `eval/` every `eval_every` steps
   and at the last step.
   """
-  initialize_distributed()
-  mesh = make_mesh(cfg.mesh)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
-  graphdef, state = initial_state(model_fn, optimizer=cfg.optimizer, seed=cfg.seed, mesh=mesh, rules=rules,
-                                  checkpointer=checkpointer, data=prompts)
-  step_fn = make_train_step(graphdef=graphdef, loss_fn=loss_fn, optimizer=cfg.optimizer, mesh=mesh,
-                            state_shardings=jax.tree.map(lambda x: x.sharding, state),
-                            num_microbatches=cfg.num_microbatches)
-  # Old-policy and reference log-probs at the rollout temperature, as the loss computes its own (TRL's convention).
-  logps_fn = jax.jit(traced_on(mesh, lambda params, batch: completion_logps(
-      nnx.merge(graphdef, params), batch, temperature=rollout.temperature or 1.0)[0]))
-  reference = init_params(model_fn, mesh=mesh, rules=rules)[1] if cfg.reference else None  # sharded like the policy
-  start = int(state.step) // cfg.updates_per_step
-  writer = MetricsWriter(workdir, start_step=start, total_steps=cfg.total_steps, progress=cfg.progress)
-  base_key = jax.random.key(cfg.seed)
-  try:
-    for step in range(start, cfg.total_steps):
+  with training_session(model_fn=model_fn, loss_fn=loss_fn, data=prompts, workdir=workdir, mesh=cfg.mesh,
+                        optimizer=cfg.optimizer, checkpoint=cfg.checkpoint, seed=cfg.seed,
+                        num_microbatches=cfg.num_microbatches, total_steps=cfg.total_steps, progress=cfg.progress,
+                        rules=rules, updates_per_step=cfg.updates_per_step) as session:
+    mesh, graphdef = session.mesh, session.graphdef
+    # Old-policy and reference log-probs at the rollout temperature, as the loss computes its own (TRL's convention).
+    logps_fn = jax.jit(traced_on(mesh, lambda params, batch: completion_logps(
+        nnx.merge(graphdef, params), batch, temperature=rollout.temperature or 1.0)[0]))
+    reference = init_params(model_fn, mesh=mesh, rules=rules)[1] if cfg.reference else None  # sharded as the policy
+    base_key = jax.random.key(cfg.seed)
+    for step in range(session.start, cfg.total_steps):
       prompt_batch: PromptBatch = next(prompts)
       position = prompts.get_state()
       step_key = jax.random.fold_in(base_key, step)
       clock = time.perf_counter()
-      model = nnx.merge(graphdef, state.params)
+      model = nnx.merge(graphdef, session.state.params)
       batch, stats = make_experience(model, prompt_batch, step_key, step, method=method, cfg=rollout,
                                      reward_fn=reward_fn, decode=decode, mesh=mesh, guard=cfg.reward_guard)
       rollout_s = time.perf_counter() - clock
-      loss_batch = {k: v for k, v in batch.items() if k not in _NOT_FOR_LOSS}
-      loss_batch = with_generation_token_count(loss_batch)
+      loss_batch = with_generation_token_count({k: v for k, v in batch.items() if k not in _NOT_FOR_LOSS})
       if cfg.trim_multiple:
         loss_batch = trim_completions(loss_batch, multiple=cfg.trim_multiple)
       if cfg.informative_only:
@@ -118,27 +109,23 @@ def rl_train(*, model_fn: Callable[[], nnx.Module], loss_fn: LossFn, method: Met
       if cfg.updates_per_step > 1 or reference is not None:
         rollouts_on_mesh = shard_batch(loss_batch, mesh)
         if cfg.updates_per_step > 1:  # later updates are off-policy: ratios need the rollout policy's log-probs
-          loss_batch["old_logps"] = hosts.local_rows(logps_fn(state.params, rollouts_on_mesh))
+          loss_batch["old_logps"] = hosts.local_rows(logps_fn(session.state.params, rollouts_on_mesh))
         if reference is not None:
           loss_batch["ref_logps"] = hosts.local_rows(logps_fn(reference, rollouts_on_mesh))
       clock = time.perf_counter()
-      state, update_metrics = _update(state, loss_batch, step_fn, cfg, mesh, np.random.default_rng([cfg.seed, step]))
+      session.state, update_metrics = _update(session.state, loss_batch, session.step_fn, cfg, mesh,
+                                              np.random.default_rng([cfg.seed, step]))
       update_s = time.perf_counter() - clock
       tokens = loss_batch["completion_mask"].sum() + loss_batch["prompt_mask"].sum()
       metrics = {**stats, **update_metrics, "rollout_tokens_per_s": batch["completion_mask"].sum() / rollout_s,
                  "update_tokens_per_s": tokens * cfg.num_iterations / update_s}
       if evaluate is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0)
                                    or step + 1 == cfg.total_steps):
-        metrics.update({f"eval/{k}": v for k, v in evaluate(nnx.merge(graphdef, state.params)).items()})
-      writer.write(step + 1, metrics)
-      check_finite(metrics, step + 1, checkpointer)
-      if checkpointer.due(step + 1) or step + 1 == cfg.total_steps:
-        checkpointer.save(step + 1, state, {"data": position})
-  finally:
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
-  return graphdef, state
+        metrics.update({f"eval/{k}": v for k, v in evaluate(nnx.merge(graphdef, session.state.params)).items()})
+      session.record(step + 1, metrics)
+      if session.save_due(step + 1, cfg.total_steps):
+        session.save(step + 1, position)
+  return session.graphdef, session.state
 
 
 def with_generation_token_count(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,7 +1,6 @@
 """SFT loss vs torch cross-entropy; packing and accumulation invariance of loss and gradient."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

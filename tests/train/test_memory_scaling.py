@@ -2,9 +2,7 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
 
 import jaxpost.models as jm
 from jaxpost.losses import make_sft_loss

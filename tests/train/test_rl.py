@@ -1,7 +1,5 @@
 """The RL loop: it learns on a dense toy reward, logs every step once, and resumes exactly."""
 
-import json
-
 import jax
 import numpy as np
 import pytest
