@@ -35,6 +35,7 @@ from jaxpost.generate import SamplingConfig, generate, left_pad  # noqa: E402
 from jaxpost.losses.dms import DMSLossConfig, make_dms_loss  # noqa: E402
 from jaxpost.models.dms import DMSConfig  # noqa: E402
 from jaxpost.models.dms_cache import DMSCacheFactory, DMSKVCache  # noqa: E402
+from jaxpost.models.rope import positions_from_mask  # noqa: E402
 from jaxpost.train import CheckpointConfig, OptimizerConfig, TrainConfig, export_hf, train  # noqa: E402
 
 
@@ -145,7 +146,7 @@ def _measured_kv_tokens(model, tokenizer, records, factory) -> float:
   """Mean KV tokens held per (sequence, layer, KV head) after replaying prompt + reference completion."""
   sequences = [e.tokens_T.tolist() for e in data.encode_records(tokenizer, records)]
   tokens, mask = left_pad(sequences, pad_id=tokenizer.pad_token_id)
-  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+  positions = positions_from_mask(mask)
   cache = factory(model.cfg, len(sequences), tokens.shape[1])
   _, cache = nnx.jit(lambda m, c: m(tokens, positions=positions, segment_ids=mask, cache=c))(model, cache)
   if isinstance(cache, DMSKVCache):

@@ -34,6 +34,7 @@ from jaxpost.experiment import run_experiment
 from jaxpost.generate import left_pad
 from jaxpost.models import baseline_caches as bc
 from jaxpost.models.dms_cache import DMSCacheFactory
+from jaxpost.models.rope import positions_from_mask
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -99,7 +100,7 @@ def _replay(graphdef, state, tokens_NxT, prompt_len_N, length_N, *, factory):
   p = int(tokens_NxT.shape[1] // 2)  # prompts are left-padded into the first half, completions fill the second
   cache = factory(model.cfg, n, t)
   prompt_mask = (jnp.arange(p)[None] >= p - prompt_len_N[:, None]).astype(jnp.int32)
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+  positions = positions_from_mask(prompt_mask)
   _, cache = model.hidden_states(tokens_NxT[:, :p], positions=positions, segment_ids=prompt_mask, cache=cache)
   structure = jax.tree.structure(jax.eval_shape(lambda: factory(model.cfg, n, t)))
 

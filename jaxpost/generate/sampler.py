@@ -23,6 +23,7 @@ from jaxpost.generate.rollout import Rollout
 from jaxpost.generate.sampling import choose_tokens
 from jaxpost.models import Decoder, DenseKVCache, KVCache, ModelConfig
 from jaxpost.models.decoder import warn_past_positions
+from jaxpost.models.rope import positions_from_mask
 
 CacheFactory = Callable[[ModelConfig, int, int], KVCache]
 BATCH_AXES = ("data", "fsdp")
@@ -151,7 +152,7 @@ def _generate(model: Decoder, prompt_BxP, prompt_mask_BxP, rng, limit_B, *, cfg:
     logits_NxV, cache = last_logits(previous_N, rotations_Nx1, (~s.done_N)[:, None].astype(jnp.int32), s.cache)
     return record(s, logits_NxV, cache)
 
-  positions_NxW = jnp.maximum(jnp.cumsum(fed_mask_NxW, axis=1) - 1, 0)
+  positions_NxW = positions_from_mask(fed_mask_NxW)
 
   def prefill(cache, chunk_xs):
     tokens_NxK, mask_NxK, positions_NxK = chunk_xs

@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxpost.models.rope import positions_from_mask
+
 Array = jax.Array
 Model = Callable[..., Array]
 
@@ -125,7 +127,7 @@ def rl_model_inputs(batch: Mapping[str, Array]) -> tuple[Array, Array, Array]:
   segment_ids = concat(masks) and positions = cumsum(mask) - 1 (clamped at 0 on left padding)."""
   tokens_BxT = jnp.concatenate([batch["prompt_tokens"], batch["completion_tokens"]], axis=1).astype(jnp.int32)
   mask_BxT = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1).astype(jnp.int32)
-  positions_BxT = jnp.maximum(jnp.cumsum(mask_BxT, axis=1) - 1, 0)
+  positions_BxT = positions_from_mask(mask_BxT)
   return tokens_BxT, positions_BxT, mask_BxT
 
 

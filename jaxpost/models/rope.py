@@ -12,6 +12,11 @@ import numpy as np
 from jaxpost.models.config import RopeScaling
 
 
+def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
+  """RoPE positions of left-padded rows: each real token's index among its row's real tokens (padding at 0)."""
+  return jnp.maximum(jnp.cumsum(jnp.asarray(mask_BxT, jnp.int32), axis=1) - 1, 0)
+
+
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
   """Per-pair rotation frequencies [head_dim // 2], with Llama 3 scaling when given."""
   inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
