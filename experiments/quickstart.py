@@ -35,6 +35,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   sft = sft_arith.get_config()
   sft.train.update(total_steps=config.sft_steps, save_every=config.sft_steps, progress=config.progress)
+  if sft.optimizer.warmup_steps > config.sft_steps:  # a short smoke run: warm up over a tenth of it
+    sft.optimizer.warmup_steps = config.sft_steps // 10
   sft.eval.every, sft.num_eval = config.sft_steps, config.num_eval
   result = sft_arith.main(sft, os.path.join(workdir, "sft"))  # {} on processes other than 0
   stages["SFT (from scratch)"] = {"accuracy": result.get("accuracy")}
