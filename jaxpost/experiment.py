@@ -159,10 +159,10 @@ def run_experiment(get_config: Callable[[], ml_collections.ConfigDict],
 
   Every experiment takes `--config.restart=true`, which moves the workdir's contents aside (see `restart_aside`)
   and starts over, and `--config.distributed.{coordinator,num_processes,process_id}` for a multi-process launch
-  (see `jaxpost.train.distributed`). A bad command line exits with a one-line error on stderr (status 2); so does an anticipated
-  failure in `main` (a refused value or file, a non-finite loss, a missing or unwritable file: status 1), unless
-  JAXPOST_TRACEBACK=1 asks for the traceback. A failed run leaves a workdir's existing files as they were; a new
-  workdir it created keeps no config.json unless a checkpoint was written.
+  (see `jaxpost.train.distributed`). A bad command line exits with a one-line error on stderr (status 2); so does
+  an anticipated failure in `main` (a refused value or file, a non-finite loss, a missing or unwritable file:
+  status 1), unless JAXPOST_TRACEBACK=1 asks for the traceback. A failed run leaves a workdir's existing files as
+  they were; a new workdir it created keeps no config.json unless a checkpoint was written.
   """
   config = get_config()
   with config.unlocked():

@@ -25,7 +25,8 @@ def test_start_accuracy_is_measured_once_and_a_damaged_file_is_named(tmp_path, m
 @pytest.mark.parametrize("module, args, flag", [
     ("sft_arith", ["--config.train.total_steps=20"], r"--config.optimizer.warmup_steps=60 is more than "
                                                      r"--config.train.total_steps=20"),
-    ("grpo_arith", ["--config.steps=2", "--config.warmup_steps=9"], r"--config.warmup_steps=9 is more than the 2 optimizer updates"),
+    ("grpo_arith", ["--config.steps=2", "--config.warmup_steps=9"],
+     r"--config.warmup_steps=9 is more than the 2 optimizer updates"),
 ])
 def test_a_refused_config_names_the_flag_and_leaves_no_file(tmp_path, capsys, monkeypatch, module, args, flag):
   monkeypatch.delenv("JAXPOST_TRACEBACK", raising=False)

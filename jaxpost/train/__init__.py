@@ -17,12 +17,12 @@ from jaxpost.train.state import (OptimizerConfig, TrainState, create_train_state
 from jaxpost.train.step import DENOMINATOR, LossFn, accumulate_gradients, make_train_step, train_step
 
 __all__ = [
-    "BATCH_AXES", "CheckpointConfig", "Checkpointer", "DEFAULT_RULES", "DENOMINATOR", "DataIterator", "DistributedConfig",
-    "LossFn", "MESH_AXES", "METRICS_FILE", "MeshConfig", "Method", "MetricsWriter",
+    "BATCH_AXES", "CheckpointConfig", "Checkpointer", "DEFAULT_RULES", "DENOMINATOR", "DataIterator",
+    "DistributedConfig", "LossFn", "MESH_AXES", "METRICS_FILE", "MeshConfig", "Method", "MetricsWriter",
     "NonFiniteLossError", "OptimizerConfig", "RLConfig", "RolloutConfig", "Rules", "Session", "TrainConfig",
     "TrainState", "abstract_state", "accumulate_gradients", "batch_sharding", "check_finite", "create_train_state",
-    "decay_mask", "export_hf", "init_params", "initial_state", "initialize_distributed", "make_experience",
-    "make_mesh", "make_optimizer", "make_schedule", "make_train_step", "param_shardings", "path_str", "read_metrics",
-    "rl_train", "sample_rollouts", "shard_batch", "spec_for", "split_model", "train", "train_state_shardings", "training_session",
+    "decay_mask", "export_hf", "init_params", "initial_state", "initialize_distributed", "make_experience", "make_mesh",
+    "make_optimizer", "make_schedule", "make_train_step", "param_shardings", "path_str", "read_metrics", "rl_train",
+    "sample_rollouts", "shard_batch", "spec_for", "split_model", "train", "train_state_shardings", "training_session",
     "train_step", "trainable_mask",
 ]

@@ -106,7 +106,8 @@ def _raise(error):
 
 
 @pytest.mark.parametrize("failure, message", [
-    (lambda tmp: _raise(NonFiniteLossError("non-finite loss nan at step 6; stopped")), r"non-finite loss nan at step 6"),
+    (lambda tmp: _raise(NonFiniteLossError("non-finite loss nan at step 6; stopped")),
+     r"non-finite loss nan at step 6"),
     (lambda tmp: open(tmp / "missing.jsonl"), r"No such file or directory: '.*missing.jsonl'"),
     (lambda tmp: (tmp / "bad.json").write_text('{"a": 1,\n oops}') and read_json(str(tmp / "bad.json")),
      r"bad.json:2: not valid JSON"),
