@@ -107,7 +107,8 @@ def make_experience(model, prompts: PromptBatch, rng: jax.Array, step: int, *, m
   prefix_rng, sample_rng = jax.random.split(rng)
   demo_lens = [len(prompts.demo_ids[i]) if prompts.demo_ids is not None else 0
                for i in range(len(prompts.prompt_ids)) for _ in range(g)]
-  prefix_rng = jax.random.fold_in(prefix_rng, jax.process_index())  # processes draw for different rows
+  if jax.process_count() > 1:  # processes draw for different rows (one process keeps its draws unchanged)
+    prefix_rng = jax.random.fold_in(prefix_rng, jax.process_index())
   prefix_lens = method.prefix_lengths(prefix_rng, np.asarray(demo_lens, np.int32), step, g)
   batch = sample_rollouts(model, prompts, sample_rng, prefix_lens, cfg=cfg, mesh=mesh)
   lengths = batch["completion_mask"].sum(axis=1)
