@@ -141,11 +141,11 @@ def init_params(model_fn: Callable[[], nnx.Module], *, mesh: Mesh, rules: Rules 
   """(graphdef, params) of `model_fn()` with every param created directly in its `rules` sharding, never whole on
   one device: a `Pretrained` checkpoint reads each shard into place, any other `model_fn` (a random init) runs
   under `jax.jit` with those output shardings."""
-  graphdef, params_shapes = split_model(abstract_model(model_fn))
   if isinstance(model_fn, Pretrained):
     placement = lambda path, target: NamedSharding(mesh, spec_for("/".join(map(str, path)), target.shape, mesh,
                                                                   rules))
     return split_model(model_fn.load(placement))
+  graphdef, params_shapes = split_model(nnx.eval_shape(model_fn))
   shardings = param_shardings(params_shapes, mesh, rules)
   params = jax.jit(lambda: split_model(model_fn())[1], out_shardings=shardings)()
   return graphdef, params
