@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 from jaxpost.data import batching
-from jaxpost.errors import JaxpostError
 from jaxpost.data.tokenize import TokenizedExample, check_unknown, encode_completion, encode_prompt
+from jaxpost.errors import JaxpostError
 
 Units = list[list[int]]  # Each unit is a list of item indices: one item, or the items packed into one row.
 
@@ -61,11 +61,6 @@ class DataIterator:
     self._cached_epoch, self._units = -1, []
     if not self._epoch_units(0):
       raise JaxpostError(f"{num_items} items do not fill one batch of {cfg.batch_size}")
-
-  @property
-  def host_batch_size(self) -> int:
-    """Rows this process builds per batch: batch_size / process_count."""
-    return self._rows
 
   def _epoch_units(self, epoch: int) -> Units:
     """All units of `epoch` (every process computes the same), truncated to whole global batches."""

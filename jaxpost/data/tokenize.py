@@ -74,7 +74,7 @@ def check_unknown(tokenizer: Any, token_rows: list[np.ndarray], records: list[Ma
   hit = [i for i, tokens in enumerate(token_rows) if np.any(np.asarray(tokens) == unk)]
   if not hit:
     return
-  where = records[hit[0]].get("source", f"record {hit[0]}") if isinstance(records[hit[0]], Mapping) else hit[0]
+  where = records[hit[0]].get("source", f"record {hit[0]}")
   message = (f"{len(hit)} of {len(records)} records contain text the tokenizer maps to its unknown token "
              f"{tokenizer.unk_token!r} (first: {where}: {str(records[hit[0]])[:120]})")
   if len(hit) > max_unknown_fraction * len(records):
