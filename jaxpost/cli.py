@@ -19,7 +19,6 @@ import argparse
 import ast
 import difflib
 import importlib
-import json
 import os
 import pkgutil
 import shutil
@@ -89,35 +88,31 @@ def _config(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------- export
 
 
-def _is_hf_dir(path: str) -> bool:
-  return os.path.exists(os.path.join(path, "config.json")) and any(
-      name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in os.listdir(path))
-
-
 def _architecture_source(workdir: str, model: str | None) -> str:
   """The preset name or HF directory that describes the architecture of the model trained in `workdir`."""
+  from jaxpost.files import read_json
+  from jaxpost.models.hf_io import is_hf_checkpoint
   if model is not None:
     return model
-  if _is_hf_dir(os.path.join(workdir, "hf")):
+  if is_hf_checkpoint(os.path.join(workdir, "hf")):
     return os.path.join(workdir, "hf")
   config_path = os.path.join(workdir, "config.json")
   if os.path.exists(config_path):
-    with open(config_path, encoding="utf-8") as f:
-      start = json.load(f).get("checkpoint")
-    if isinstance(start, str) and _is_hf_dir(start):
+    start = read_json(config_path).get("checkpoint")
+    if isinstance(start, str) and is_hf_checkpoint(start):
       return start
   raise CLIError(f"{workdir}: cannot tell the model architecture (no hf/ export, no HF 'checkpoint' in "
                  f"config.json); pass --model PRESET_OR_HF_DIR")
 
 
 def _model_config(source: str):
+  from jaxpost.files import read_json
   from jaxpost.models import config_from_hf, presets
   if os.path.isdir(source):
     config_path = os.path.join(source, "config.json")
     if not os.path.exists(config_path):
       raise CLIError(f"--model {source}: no config.json in that directory")
-    with open(config_path, encoding="utf-8") as f:
-      return config_from_hf(json.load(f), source=config_path)
+    return config_from_hf(read_json(config_path), source=config_path)
   if source not in presets.names():
     raise CLIError(f"--model {source!r} is neither a directory nor a preset (presets: {', '.join(presets.names())})")
   return presets.get(source)
@@ -158,9 +153,10 @@ def export(source: str, out: str, *, model: str | None = None) -> str:
   with the tokenizer files of the architecture's HF directory when it has them. Returns a one-line summary."""
   from jaxpost.errors import CheckpointError
   from jaxpost.models import from_pretrained, save_pretrained
+  from jaxpost.models.hf_io import is_hf_checkpoint
   if not os.path.isdir(source):
     raise CLIError(f"{source}: no such directory")
-  if _is_hf_dir(source):
+  if is_hf_checkpoint(source):
     try:
       decoder = from_pretrained(source)
     except CheckpointError as error:

@@ -188,14 +188,19 @@ def _tensor_slices(directory: str) -> Iterator[tuple[str, str, Any]]:
 Placement = Callable[[tuple, jax.ShapeDtypeStruct], jax.sharding.Sharding]
 
 
+def is_hf_checkpoint(directory: str) -> bool:
+  """Whether `directory` holds a HF checkpoint as `from_pretrained` reads it: config.json and model.safetensors
+  or a sharded index."""
+  return os.path.exists(os.path.join(directory, "config.json")) and any(
+      os.path.exists(os.path.join(directory, name)) for name in ("model.safetensors", _INDEX_FILE))
+
+
 def hf_directory(directory: str) -> str:
   """`directory` if it is a HF checkpoint (config.json + safetensors); a training workdir's export `directory/hf`
   if that is one (so either may be given: a workdir's own config.json is the experiment's, not a model's);
   otherwise a CheckpointError saying what is missing."""
-  is_checkpoint = lambda d: os.path.exists(os.path.join(d, "config.json")) and any(
-      os.path.exists(os.path.join(d, name)) for name in ("model.safetensors", _INDEX_FILE))
   export = os.path.join(directory, "hf")
-  if not is_checkpoint(directory) and is_checkpoint(export):
+  if not is_hf_checkpoint(directory) and is_hf_checkpoint(export):
     return export
   if os.path.exists(os.path.join(directory, "config.json")):
     return directory
@@ -206,6 +211,18 @@ def hf_directory(directory: str) -> str:
 def _dtype_name(dtype) -> str:
   """'float32' for "float32", jnp.float32 or np.dtype("float32")."""
   return dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+
+
+def _read_config(directory: str, dtype, param_dtype) -> ModelConfig:
+  """The ModelConfig of the HF checkpoint in `directory` (its config.json), computing in `dtype`."""
+  path = os.path.join(directory, "config.json")
+  return config_from_hf(read_json(path), source=path, dtype=_dtype_name(dtype),
+                        param_dtype=None if param_dtype is None else _dtype_name(param_dtype))
+
+
+def _abstract_decoder(cfg: ModelConfig) -> Decoder:
+  """A Decoder of `cfg` with `jax.ShapeDtypeStruct` leaves: the shapes, nothing allocated."""
+  return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
 
 
 def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str | None = None,
@@ -223,11 +240,8 @@ def from_pretrained(directory: str, *, dtype: str = "float32", param_dtype: str 
   if unknown:
     raise ValueError(f"from_pretrained: {', '.join(unknown)} not settable here; only {', '.join(EXECUTION_FIELDS)}")
   directory = hf_directory(directory)
-  config_path = os.path.join(directory, "config.json")
-  cfg = config_from_hf(read_json(config_path), source=config_path, dtype=_dtype_name(dtype),
-                       param_dtype=None if param_dtype is None else _dtype_name(param_dtype)).replace(**execution)
-  abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
+  cfg = _read_config(directory, dtype, param_dtype).replace(**execution)
+  graphdef, state = nnx.split(_abstract_decoder(cfg))
   expected = {path: var for path, var in nnx.to_flat_state(state)}
   names = tensor_map(cfg)
   loaded: dict[tuple, jax.Array] = {}
@@ -277,10 +291,7 @@ class Pretrained:
 
   def abstract(self) -> Decoder:
     """The model with `jax.ShapeDtypeStruct` leaves (nothing read but config.json)."""
-    path = os.path.join(hf_directory(self.directory), "config.json")
-    cfg = config_from_hf(read_json(path), source=path, dtype=_dtype_name(self.dtype),
-                         param_dtype=None if self.param_dtype is None else _dtype_name(self.param_dtype))
-    return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+    return _abstract_decoder(_read_config(hf_directory(self.directory), self.dtype, self.param_dtype))
 
 
 def save_pretrained(model: Decoder, directory: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
@@ -331,5 +342,3 @@ def _atomic_save(tensors: dict[str, np.ndarray], path: str) -> None:
   else:
     save_file(tensors, path + ".tmp", metadata={"format": "pt"})
   os.replace(path + ".tmp", path)
-
-

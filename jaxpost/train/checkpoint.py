@@ -87,14 +87,15 @@ class Checkpointer:
       if difference:
         raise CheckpointError(f"checkpoint {self.directory}/{step} was written for another model or optimizer "
                               f"({difference}); resume with the config that wrote it, or use a new workdir")
+      has_checksums = self._has_checksums(step)
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
-            **({"checksums": ocp.args.JsonRestore()} if self._has_checksums(step) else {})))
+            **({"checksums": ocp.args.JsonRestore()} if has_checksums else {})))
       except Exception as error:
         self._set_aside(step, f"it could not be restored ({type(error).__name__}: {str(error)[:200]})")
         continue
-      if "checksums" in restored and restored.checksums is not None:
+      if has_checksums:
         bad = mismatches(restored.checksums, tree_checksums(restored.state))
         if bad:
           self._set_aside(step, f"its arrays do not match their checksums ({', '.join(bad[:3])}"

@@ -57,20 +57,19 @@ def accumulate_gradients(params, batch: Batch, rng, *, graphdef, loss_fn: LossFn
   if num_microbatches == 1:
     return compute(params, batch, rng)
   counts = split_counts(loss_fn.counts(batch), num_microbatches) if hasattr(loss_fn, "counts") else None
+  with_counts = lambda microbatch: microbatch if counts is None else {**microbatch, COUNTS: counts}
   micro = _split_microbatches(batch, num_microbatches, mesh)
 
   def body(acc, xs):
     microbatch, index = xs
-    if counts is not None:
-      microbatch = {**microbatch, COUNTS: counts}
-    loss, metrics, grads = compute(params, microbatch, jax.random.fold_in(rng, index))
+    loss, metrics, grads = compute(params, with_counts(microbatch), jax.random.fold_in(rng, index))
     one = jnp.ones((), jnp.float32)
     weight = one if counts is not None else metrics.get(DENOMINATOR, one).astype(jnp.float32)
     weighted = jax.tree.map(lambda x: x * weight, (loss, metrics, grads))
     return jax.tree.map(jnp.add, acc, (weighted, weight)), None
 
   first = jax.tree.map(lambda x: x[0], micro)
-  out_shapes = jax.eval_shape(compute, params, first if counts is None else {**first, COUNTS: counts}, rng)
+  out_shapes = jax.eval_shape(compute, params, with_counts(first), rng)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.result_type(s.dtype, jnp.float32)), out_shapes)
   init = (zeros, jnp.zeros((), jnp.float32))
   ((loss, metrics, grads), total), _ = jax.lax.scan(body, init, (micro, jnp.arange(num_microbatches)))
